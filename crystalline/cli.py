@@ -1,0 +1,39 @@
+"""The `crystalline` command: argparse subcommands, each defined in `crystalline.commands.<name>`.
+
+Each command module has `add_parser(subparsers)` (which sets `func`) and keeps its imports
+inside the function it runs, so `crystalline --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["data"]
+
+
+class UserError(Exception):
+    """Bad input from the command line: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crystalline",
+        description="Train small GPT models with a hierarchical, barrier-synchronised thread trainer.")
+    from crystalline import __version__
+    parser.add_argument("--version", action="version", version=f"crystalline {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"crystalline.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from crystalline.config import ConfigError
+    try:
+        return args.func(args) or 0
+    except (UserError, ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"crystalline: error: {e}", file=sys.stderr)
+        return 2
