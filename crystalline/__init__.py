@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ModelConfig": "crystalline.config",
     "TrainConfig": "crystalline.config",
-    "ConfigError": "crystalline.config",
+    "ConfigError": "crystalline.errors",
     "preset": "crystalline.config",
     "GPT": "crystalline.model.gpt",
     "Hierarchy": "crystalline.engine.hierarchy",

@@ -13,10 +13,6 @@ import sys
 COMMANDS = ["data"]
 
 
-class UserError(Exception):
-    """Bad input from the command line: printed as one line, exit code 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crystalline",
@@ -31,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from crystalline.config import ConfigError
+    from crystalline.errors import CrystallineError
     try:
         return args.func(args) or 0
-    except (UserError, ConfigError, FileNotFoundError, ValueError) as e:
+    except CrystallineError as e:
         print(f"crystalline: error: {e}", file=sys.stderr)
         return 2

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import tomli_w
 
+from crystalline.errors import ConfigError
+
 # The single switch for Numba's fastmath in every kernel (never used in the tree reduction).
 FASTMATH = False
 
 # A sane upper bound on worker threads in one process (12**3 = one full 4-level lattice).
 MAX_WORKERS = 1728
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the fix."""
 
 
 class _Config:

@@ -1,0 +1,21 @@
+"""The errors crystalline raises for bad input: each message names the problem and the fix."""
+
+
+class CrystallineError(Exception):
+    """Base of every user-facing error; the CLI prints it as one line and exits with 2."""
+
+
+class ConfigError(CrystallineError, ValueError):
+    """A configuration value is invalid."""
+
+
+class DataError(CrystallineError, ValueError):
+    """A corpus, tokenizer file or SQuAD file cannot be used."""
+
+
+class CheckpointError(CrystallineError, ValueError):
+    """A checkpoint is missing, truncated, tampered with or does not match the config."""
+
+
+class TrainingError(CrystallineError, RuntimeError):
+    """Training failed: a sphere raised, or the run was stopped in a way that lost no state."""
