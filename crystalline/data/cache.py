@@ -1,0 +1,108 @@
+"""On-disk cache of encoded corpora, and the atomic file writes the data package uses.
+
+    from crystalline.data.cache import cached_encode, default_cache_dir
+    tokens = cached_encode(raw_bytes, tokenizer, cache_dir)   # (n,) int32, a read-only memmap
+
+Key: sha256 over a format tag, the sha256 of the exact bytes that are tokenized, and the
+tokenizer's canonical JSON, so a changed file or a different vocabulary gets a new entry.
+Entries are `<key>.npy` files, written to a temporary file in the same folder, fsynced and
+renamed into place (os.replace), so a crash never leaves a half entry under a real key. An
+entry that does not load as a 1-D int32 array is treated as missing and written again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+CACHE_FORMAT = b"crystalline-tokens-v1\0"
+
+
+def default_cache_dir() -> Path:
+    """`$CRYSTALLINE_CACHE` if set, else `~/.cache/crystalline`."""
+    env = os.environ.get("CRYSTALLINE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "crystalline"
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename it to `path`.
+
+    Readers see the old file or the complete new one, never a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:   # make the rename itself durable where the platform allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def cache_key(data: bytes, tokenizer) -> str:
+    """Hex sha256 of (format tag, sha256(data), tokenizer canonical JSON)."""
+    h = hashlib.sha256(CACHE_FORMAT)
+    h.update(hashlib.sha256(data).digest())
+    h.update(tokenizer.to_json().encode("utf-8"))
+    return h.hexdigest()
+
+
+def _load_entry(path: Path) -> np.ndarray | None:
+    try:
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if tokens.dtype != np.int32 or tokens.ndim != 1:
+        return None
+    return tokens
+
+
+def cached_encode(data: bytes, tokenizer, cache_dir: str | Path | None = None) -> np.ndarray:
+    """`tokenizer.encode_bytes(data)`, read from the cache when this (data, tokenizer) was seen.
+
+    Returns a read-only (n,) int32 memmap, or an in-memory array when the cache folder cannot
+    be written (a warning says so; the result is the same).
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache_dir / f"{cache_key(data, tokenizer)}.npy"
+    if path.is_file():
+        tokens = _load_entry(path)
+        if tokens is not None:
+            return tokens
+    tokens = np.ascontiguousarray(tokenizer.encode_bytes(data), dtype=np.int32)   # (n,)
+    if tokens.size == 0:   # np.load cannot memmap an empty array; nothing to save anyway
+        return tokens
+    try:
+        atomic_write(path, lambda f: np.save(f, tokens, allow_pickle=False))
+    except OSError as e:
+        warnings.warn(f"could not write the token cache {path} ({e}); continuing without it. "
+                      "Set CRYSTALLINE_CACHE to a writable folder to cache encoded corpora.",
+                      stacklevel=2)
+        return tokens
+    loaded = _load_entry(path)
+    return loaded if loaded is not None else tokens

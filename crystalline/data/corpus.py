@@ -1,0 +1,137 @@
+"""Corpora: a text file, a folder of text files, or a SQuAD file, encoded to one token array.
+
+    from crystalline.data.corpus import load_corpus, bundled_corpus
+    corpus = load_corpus(bundled_corpus())            # byte tokens of Tiny Shakespeare
+    corpus = load_corpus("notes/", tokenizer="word")  # every text file below notes/, word tokens
+    corpus = load_corpus("squad:train-v2.0.json")     # SQuAD rendered as text
+    train, val = corpus.split(0.1)                    # contiguous tail split
+
+A folder is read recursively in sorted order of relative paths; entries whose name starts with
+"." (.git, .DS_Store) are not read. Each file is checked by its content, not its extension:
+it is binary, and skipped, when its first 8 KiB hold a NUL byte, or are neither valid UTF-8
+nor at least 90% printable ASCII (tab, newline, CR, form feed included). The text of a folder's
+files is joined in that order, each file followed by "\\n" if it does not end with one. A single
+file is used byte for byte. Encoded tokens are cached on disk (see crystalline.data.cache).
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crystalline.data.tokenizers import Tokenizer, make_tokenizer
+from crystalline.errors import DataError
+
+SNIFF_BYTES = 8192          # how much of a file the binary check reads
+MIN_PRINTABLE = 0.90        # the ASCII-printable share that makes a non-UTF-8 file text
+_PRINTABLE = np.zeros(256, dtype=bool)
+_PRINTABLE[0x20:0x7F] = True
+_PRINTABLE[[0x09, 0x0A, 0x0C, 0x0D]] = True
+
+
+def bundled_corpus() -> Path:
+    """Path of the bundled Tiny Shakespeare (`data/tinyshakespeare.txt` in the repository)."""
+    import crystalline
+    path = Path(crystalline.__file__).resolve().parent.parent / "data" / "tinyshakespeare.txt"
+    if not path.is_file():
+        raise DataError(f"the bundled corpus {path} is missing; it ships in the repository's data/ "
+                        "folder (restore it with git, or pass the path of your own text file)")
+    return path
+
+
+def is_text(head: bytes) -> bool:
+    """Whether a file whose first bytes are `head` is text (the rule in the module docstring)."""
+    head = head[:SNIFF_BYTES]
+    if b"\0" in head:
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)   # a cut last char is fine
+        return True
+    except UnicodeDecodeError:
+        pass
+    return bool(_PRINTABLE[np.frombuffer(head, dtype=np.uint8)].mean() >= MIN_PRINTABLE)
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Every non-hidden regular file below `folder`, sorted by relative path."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root, f) for f in files if not f.startswith(".") and Path(root, f).is_file()]
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def _read_source(source: str) -> tuple[bytes, int]:
+    """(the bytes to tokenize, number of files used) for a path or "squad:PATH"."""
+    if source.startswith("squad:"):
+        from crystalline.data.squad import render_squad_file
+        return render_squad_file(source[len("squad:"):]).encode("utf-8"), 1
+    path = Path(source)
+    if path.is_file():
+        return path.read_bytes(), 1
+    if path.is_dir():
+        parts, skipped = [], 0
+        for file in _folder_files(path):
+            data = file.read_bytes()
+            if not is_text(data):
+                skipped += 1
+                continue
+            parts.append(data if not data or data.endswith(b"\n") else data + b"\n")
+        if not parts:
+            raise DataError(f"folder {path} has no text files ({skipped} binary file(s) skipped); "
+                            "put .txt or other text files in it, or pass a file")
+        return b"".join(parts), len(parts)
+    raise DataError(f"corpus {source} does not exist; pass a text file, a folder of text files, "
+                    "or squad:PATH for a SQuAD JSON file")
+
+
+@dataclass
+class Corpus:
+    """An encoded corpus. `tokens`: (n,) int32, possibly a read-only memmap of the cache."""
+
+    tokens: np.ndarray
+    tokenizer: Tokenizer
+    source: str
+    num_bytes: int
+    num_files: int
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def split(self, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        """(train, val) views: the last floor(n * val_fraction) tokens are validation."""
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+                or not 0 <= val_fraction < 1:
+            raise DataError(f"val_fraction = {val_fraction!r} is invalid: use a number in [0, 1)")
+        n_train = len(self.tokens) - int(len(self.tokens) * val_fraction)
+        return self.tokens[:n_train], self.tokens[n_train:]
+
+
+def load_corpus(source, tokenizer=None, cache_dir=None) -> Corpus:
+    """Read and encode a corpus (see the module docstring for what `source` may be).
+
+    tokenizer: None or "byte" (the default, ByteTokenizer), "word" (a WordTokenizer trained on
+    this corpus), a tokenizer JSON path, or a Tokenizer. cache_dir: where encoded tokens are
+    cached (default `$CRYSTALLINE_CACHE` or ~/.cache/crystalline).
+    """
+    from crystalline.data.cache import cached_encode
+    source = str(source)
+    data, num_files = _read_source(source)
+    tok = make_tokenizer(tokenizer, data)
+    tokens = cached_encode(data, tok, cache_dir) if data else np.zeros(0, np.int32)
+    if len(tokens) == 0:
+        raise DataError(f"corpus {source} is empty ({len(data)} bytes gave no tokens); "
+                        "pass a file or folder with text in it")
+    return Corpus(tokens=tokens, tokenizer=tok, source=source, num_bytes=len(data), num_files=num_files)
+
+
+def corpus_info(source, tokenizer="byte", cache_dir=None) -> dict:
+    """Figures of a corpus: source, files, bytes, tokens, vocab_size, tokenizer (its name)."""
+    corpus = load_corpus(source, tokenizer=tokenizer, cache_dir=cache_dir)
+    return {"source": corpus.source, "files": corpus.num_files, "bytes": corpus.num_bytes,
+            "tokens": int(len(corpus.tokens)), "vocab_size": corpus.tokenizer.vocab_size,
+            "tokenizer": corpus.tokenizer.name}
