@@ -1,0 +1,118 @@
+"""`crystalline train`: train a GPT on the sphere tree, writing a run folder.
+
+    crystalline train --preset tiny --steps 200 --workers 2
+    crystalline train --data squad:train-v1.1.json --config run.toml --run-dir runs/squad
+    crystalline train --resume runs/squad/checkpoint.safetensors --steps 500
+
+The run folder holds config.toml, metrics.jsonl (one JSON object per step) and
+checkpoint.safetensors (written every --ckpt-interval steps and at the end). Ctrl-C closes the
+progress bar, writes a final consistent checkpoint and exits with code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+EXIT_INTERRUPTED = 130
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on the sphere tree",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny", help="tiny | small | cllm-4.5m (default: tiny)")
+    p.add_argument("--config", type=Path, help="a TOML file with [model] and [train] tables")
+    p.add_argument("--data", help="text file, folder or squad:PATH (default: bundled Tiny Shakespeare)")
+    p.add_argument("--tokenizer", choices=["byte", "word"], default="byte")
+    p.add_argument("--steps", type=int, help="steps to run (default: the config's max_steps)")
+    p.add_argument("--workers", type=int, help="worker spheres (default: this machine's cores)")
+    p.add_argument("--sync", choices=["lock_free", "model_lock"], default="lock_free")
+    p.add_argument("--batch-size", type=int, help="sequences per global step")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-interval", type=int, help="steps between validation losses (0: off)")
+    p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<preset>-<time>)")
+    p.add_argument("--ckpt-interval", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _configs(args):
+    from crystalline.config import load_toml, preset
+    model_cfg, train_cfg = load_toml(args.config) if args.config else preset(args.preset)
+    overrides = {"batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed,
+                 "eval_interval": args.eval_interval}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "learning_rate" in overrides:
+        overrides["min_lr"] = min(train_cfg.min_lr, overrides["learning_rate"])
+    return model_cfg, train_cfg.replace(**overrides)
+
+
+def _make_trainer(args):
+    from crystalline.data.corpus import bundled_corpus
+    from crystalline.data.tokenizers import ByteTokenizer, WordTokenizer
+    from crystalline.engine.trainer import Trainer
+    if args.resume:
+        return Trainer.load(args.resume, corpus=args.data, workers=args.workers, sync=args.sync)
+    model_cfg, train_cfg = _configs(args)
+    data = args.data or str(bundled_corpus())
+    tokenizer = ByteTokenizer() if args.tokenizer == "byte" else _word_tokenizer(data, WordTokenizer)
+    return Trainer(model_cfg, train_cfg, data, workers=args.workers, sync=args.sync, tokenizer=tokenizer)
+
+
+def _word_tokenizer(data, WordTokenizer):
+    from crystalline.data.corpus import load_text
+    return WordTokenizer.train(load_text(data))
+
+
+def run(args) -> int:
+    from crystalline.config import save_toml
+    from crystalline.errors import ConfigError
+    if args.steps is not None and args.steps <= 0:
+        raise ConfigError(f"--steps {args.steps} is invalid: use a positive number of steps")
+    if args.ckpt_interval <= 0:
+        raise ConfigError(f"--ckpt-interval {args.ckpt_interval} is invalid: use a positive number")
+    trainer = _make_trainer(args)
+    steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
+    run_dir = args.run_dir or (args.resume.parent if args.resume else
+                               Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_toml(run_dir / "config.toml", trainer.model_cfg, trainer.train_cfg)
+    ckpt = run_dir / "checkpoint.safetensors"
+    print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
+          f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
+    interrupted = False
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+        try:
+            _train(trainer, steps, args, metrics, ckpt)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            trainer.close()
+            trainer.save(ckpt)
+    last = trainer.history[-1] if len(trainer.history) else {}
+    state = "interrupted" if interrupted else "done"
+    print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}; "
+          f"checkpoint {ckpt}")
+    return EXIT_INTERRUPTED if interrupted else 0
+
+
+def _train(trainer, steps, args, metrics, ckpt) -> None:
+    from tqdm.auto import tqdm
+    with tqdm(total=steps, disable=args.no_progress, unit="step", dynamic_ncols=True) as bar:
+        for _ in range(steps):
+            trainer.run(1, progress=False)
+            record = trainer.history[-1]
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{record['tokens_per_s']:,.0f}",
+                       "slowest group": trainer.slowest_group()}
+            if "val_loss" in record:
+                postfix["val"] = f"{record['val_loss']:.3f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+            if trainer.steps_done % args.ckpt_interval == 0:
+                trainer.save(ckpt)

@@ -1,0 +1,61 @@
+"""Node Zero's update: learning-rate schedule, gradient clipping and AdamW over the flat buffers.
+
+    opt = AdamW(model, train_cfg)
+    norm, applied = opt.update(grad, step)    # grad: (P,) float32, already the mean-loss gradient
+
+Non-finite gradients are never applied (the parameters stay finite): `update` returns
+applied=False and the caller records a skipped step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from crystalline.config import TrainConfig
+from crystalline.model.kernels.adamw import adamw_step
+from crystalline.model.kernels.clip import grad_norm, scale_
+
+ADAM_EPS = 1e-8
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.learning_rate, then cosine decay to cfg.min_lr at cfg.max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if step >= cfg.max_steps:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+class AdamW:
+    """AdamW moments `m`, `v` (float32, same layout as the parameters) and the update count `t`."""
+
+    def __init__(self, model, cfg: TrainConfig):
+        self.model = model
+        self.cfg = cfg
+        self.m = np.zeros_like(model.params)
+        self.v = np.zeros_like(model.params)
+        self.t = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.m.nbytes + self.v.nbytes
+
+    def update(self, grad: np.ndarray, step: int) -> tuple[float, bool]:
+        """Clip `grad` in place and apply one AdamW step at `step`'s learning rate.
+
+        Returns (gradient norm before clipping, whether the update was applied).
+        """
+        norm = grad_norm(grad)
+        if not math.isfinite(norm):
+            return norm, False
+        if self.cfg.grad_clip > 0 and norm > self.cfg.grad_clip:
+            scale_(grad, self.cfg.grad_clip / norm)
+        self.t += 1
+        adamw_step(self.model.params, grad, self.m, self.v, self.model.decay_mask,
+                   learning_rate(step, self.cfg), self.cfg.beta1, self.cfg.beta2, ADAM_EPS,
+                   self.cfg.weight_decay, self.t)
+        return norm, True

@@ -1,0 +1,278 @@
+"""The running sphere threads of one hierarchy: Point A, parallel compute, Point B, tree reduction.
+
+    tree = SphereTree(hierarchy, model, batch_size, stats, update=fn, sync="lock_free")
+    outcome = tree.run(Job("train", step, batches))    # called by the trainer, any thread
+    tree.close()
+
+One OS thread per sphere, started once and kept across steps. Node Zero's thread takes jobs
+from a queue, hands each worker its micro-batch, meets everyone at Point A and Point B, waits
+for its control children, adds their results, scales and calls `update(grad)` (the optimizer).
+It never runs forward or backward. Workers compute into their own workspace and their own row
+of `grads`; controls reduce in place (see reduce.py). No lock is taken anywhere on the compute
+path unless sync="model_lock", the predecessor's global lock kept as a baseline.
+
+Any exception in any sphere aborts both barriers, wakes every waiting control, and comes back
+from `run` as the outcome's `failure`; `abort()` does the same from outside (stop). The
+update is applied only if nothing aborted before it started, and then runs to its end.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crystalline.engine.reduce import reduce_rows, reduction_plan, split_batch
+from crystalline.engine.stats import FIELD
+
+SYNC_MODES = ("lock_free", "model_lock")
+THREAD_STACK_BYTES = 1 << 20
+
+
+@dataclass
+class Job:
+    kind: str                  # "train" | "eval" | "exit"
+    step: int = 0              # step index: selects the sequences (train) or the validation batch
+    batches: object = None     # a data.batching.Batches to take the step's sequences from
+
+
+@dataclass
+class Outcome:
+    loss: float = float("nan")             # mean loss over the global batch
+    tokens: int = 0
+    update: object = None                  # what update(grad) returned (train jobs)
+    timings: dict = field(default_factory=dict)
+    failure: tuple | None = None           # (sphere, exception) if a sphere raised
+    aborted: bool = False                  # stopped from outside before the update
+
+
+class SphereTree:
+    """Threads, barriers, workspaces and gradient segments for one hierarchy and batch size."""
+
+    def __init__(self, hierarchy, model, batch_size: int, stats, update, sync: str = "lock_free"):
+        T = model.config.block_size
+        self.hierarchy, self.model, self.stats, self.update = hierarchy, model, stats, update
+        self.tokens_per_step = batch_size * T
+        n_workers = len(hierarchy.workers)
+        self.starts, self.counts = split_batch(batch_size, n_workers)
+        self.plan, self.root_row = reduction_plan(hierarchy, self.counts)
+        self.plan = {cid: (target, np.array(sources, dtype=np.int64))
+                     for cid, (target, sources) in self.plan.items()}
+        # Rows of idle workers are never touched, so np.empty costs them no memory.
+        self.grads = np.empty((n_workers, model.num_parameters), dtype=np.float32)
+        self.inputs = [np.empty((c, T), dtype=np.int32) for c in self.counts]
+        self.targets = [np.empty((c, T), dtype=np.int32) for c in self.counts]
+        self.workspaces = [model.workspace(int(c)) if c else None for c in self.counts]
+        self.loss_sums = np.zeros(n_workers, dtype=np.float64)   # worker w writes entry w only
+        self.model_lock = threading.Lock() if sync == "model_lock" else None
+
+        n = len(hierarchy.spheres)
+        self.barrier_a = threading.Barrier(n)
+        self.barrier_b = threading.Barrier(n)
+        self.children_done = {c.id: threading.Semaphore(0) for c in hierarchy.controls}
+        self.job = Job("exit")
+        self.failure: tuple | None = None
+        self.aborted = False
+        self._fail_lock = threading.Lock()
+        self._requests: queue.Queue = queue.Queue()
+        self._outcomes: queue.Queue = queue.Queue()
+        self._record_bytes()
+
+        previous = threading.stack_size(THREAD_STACK_BYTES)
+        try:
+            self.threads = [threading.Thread(target=self._loop, args=(s,), daemon=True,
+                                             name=f"sphere-{s.id}-{'node-zero' if s.is_node_zero else s.role}")
+                            for s in hierarchy.spheres]
+            for t in self.threads:
+                t.start()
+        finally:
+            threading.stack_size(previous)
+
+    # ----------------------------------------------------------------- caller side
+    def run(self, job: Job) -> Outcome:
+        """Run one job through the tree and wait for Node Zero's outcome."""
+        if not self.alive:
+            return Outcome(failure=self.failure, aborted=self.aborted)
+        self._requests.put(job)
+        return self._outcomes.get()
+
+    @property
+    def alive(self) -> bool:
+        return not self.aborted and self.threads[0].is_alive()
+
+    def abort(self) -> None:
+        """Break both barriers and wake every waiting control: all threads leave promptly."""
+        self.aborted = True
+        self.barrier_a.abort()
+        self.barrier_b.abort()
+        for sem in self.children_done.values():
+            sem.release(len(self.hierarchy.spheres))
+
+    def close(self) -> None:
+        """Stop every thread and wait for it (an in-flight micro-batch finishes first)."""
+        if self.alive:
+            self._requests.put(None)          # Node Zero sends the exit job through Point A
+        else:
+            self.abort()
+            self._requests.put(None)
+        for t in self.threads:
+            t.join()
+
+    # ----------------------------------------------------------------- sphere side
+    def _loop(self, sphere) -> None:
+        try:
+            if sphere.is_node_zero:
+                self._node_zero_loop(sphere)
+            elif sphere.role == "worker":
+                self._worker_loop(sphere)
+            else:
+                self._control_loop(sphere)
+        except threading.BrokenBarrierError:
+            pass
+        except BaseException as exc:        # noqa: BLE001 - reported to the caller, never lost
+            self._fail(sphere, exc)
+
+    def _fail(self, sphere, exc: BaseException) -> None:
+        with self._fail_lock:
+            if self.failure is None:
+                self.failure = (sphere, exc)
+        self.abort()
+
+    def _worker_loop(self, sphere) -> None:
+        w, row = sphere.worker_index, self.stats.row(sphere.id)
+        count, ws = int(self.counts[w]), self.workspaces[w]
+        x, y, grad = self.inputs[w], self.targets[w], self.grads[w]
+        tokens = count * self.model.config.block_size
+        while True:
+            t0 = time.perf_counter()
+            self.barrier_a.wait()
+            t1 = time.perf_counter()
+            job = self.job
+            if job.kind == "exit":
+                return
+            if count:
+                if self.model_lock is not None:
+                    with self.model_lock:
+                        self._compute(job, ws, x, y, grad, w, tokens)
+                else:
+                    self._compute(job, ws, x, y, grad, w, tokens)
+            t2 = time.perf_counter()
+            # Counters are written before Point B, so they are complete when the step returns.
+            if job.kind == "train":
+                row[FIELD["micro_batches"]] += 1 if count else 0
+                row[FIELD["tokens"]] += tokens
+            row[FIELD["loss"]] = self.loss_sums[w] / tokens if count else np.nan
+            row[FIELD["compute_s"]] += t2 - t1
+            row[FIELD["wait_a_s"]] += t1 - t0
+            self.barrier_b.wait()
+            t3 = time.perf_counter()
+            row[FIELD["wait_b_s"]] += t3 - t2
+            row[FIELD["last_tokens"]] = tokens
+            row[FIELD["tokens_per_s"]] = tokens / (t3 - t0)
+            row[FIELD["updated"]] = time.time()
+
+    def _compute(self, job, ws, x, y, grad, w, tokens) -> None:
+        loss = self.model.forward_into(ws, x, y)
+        if job.kind == "train":
+            grad.fill(0.0)
+            self.model.backward_into(ws, grad, 1.0)
+        self.loss_sums[w] = loss * tokens
+
+    def _control_loop(self, sphere) -> None:
+        row, done = self.stats.row(sphere.id), self.children_done[sphere.id]
+        parent_done = self.children_done[sphere.parent.id]
+        n_control_children = sum(c.role == "control" for c in sphere.children)
+        while True:
+            t0 = time.perf_counter()
+            self.barrier_a.wait()
+            t1 = time.perf_counter()
+            job = self.job
+            if job.kind == "exit":
+                return
+            self.barrier_b.wait()
+            t2 = time.perf_counter()
+            if job.kind == "train":
+                if not self._reduce(sphere, done, n_control_children):
+                    return
+                parent_done.release()
+            t3 = time.perf_counter()
+            row[FIELD["wait_a_s"]] += t1 - t0
+            row[FIELD["wait_b_s"]] += t2 - t1
+            row[FIELD["reduce_s"]] += t3 - t2
+            row[FIELD["updated"]] = time.time()
+
+    def _reduce(self, sphere, done, n_control_children: int) -> bool:
+        """Wait for the control children, then add the children's rows. False if aborted."""
+        for _ in range(n_control_children):
+            done.acquire()
+        if self.aborted:
+            return False
+        target, sources = self.plan[sphere.id]
+        if len(sources):
+            reduce_rows(self.grads, target, sources)
+        return True
+
+    def _node_zero_loop(self, sphere) -> None:
+        row, done = self.stats.row(sphere.id), self.children_done[sphere.id]
+        n_control_children = sum(c.role == "control" for c in sphere.children)
+        while True:
+            job = self._requests.get()
+            if job is None:
+                if not self.aborted:
+                    self.job = Job("exit")
+                    self.barrier_a.wait()
+                return
+            try:
+                outcome = self._node_zero_step(job, row, done, n_control_children)
+            except threading.BrokenBarrierError:
+                outcome = Outcome(failure=self.failure, aborted=self.aborted)
+            except BaseException as exc:   # noqa: BLE001
+                self._fail(sphere, exc)
+                outcome = Outcome(failure=self.failure, aborted=True)
+            self._outcomes.put(outcome)
+            if outcome.failure is not None or outcome.aborted:
+                return
+
+    def _node_zero_step(self, job, row, done, n_control_children) -> Outcome:
+        t0 = time.perf_counter()
+        for w, (start, count) in enumerate(zip(self.starts, self.counts)):
+            if count:
+                job.batches.fill(job.step, int(start), int(count), self.inputs[w], self.targets[w])
+        self.job = job
+        t1 = time.perf_counter()
+        self.barrier_a.wait()
+        t2 = time.perf_counter()
+        self.barrier_b.wait()
+        t3 = time.perf_counter()
+        loss = float(self.loss_sums.sum()) / self.tokens_per_step
+        result = None
+        if job.kind == "train":
+            if not self._reduce(self.hierarchy.node_zero, done, n_control_children):
+                return Outcome(failure=self.failure, aborted=True)
+            grad = self.grads[self.root_row]
+            t4 = time.perf_counter()
+            if self.aborted:
+                return Outcome(failure=self.failure, aborted=True)
+            result = self.update(grad, 1.0 / self.tokens_per_step)
+        else:
+            t4 = t3
+        t5 = time.perf_counter()
+        row[FIELD["wait_a_s"]] += t2 - t1
+        row[FIELD["wait_b_s"]] += t3 - t2
+        row[FIELD["reduce_s"]] += (t1 - t0) + (t5 - t3)
+        row[FIELD["updated"]] = time.time()
+        timings = {"hand_out": t1 - t0, "parallel": t3 - t1, "reduce": t4 - t3, "update": t5 - t4,
+                   "total": t5 - t0}
+        return Outcome(loss=loss, tokens=self.tokens_per_step, update=result, timings=timings)
+
+    def _record_bytes(self) -> None:
+        """Bytes each sphere owns: workers their workspace, segment and batch; Node Zero the rest."""
+        for s in self.hierarchy.workers:
+            w = s.worker_index
+            owned = self.inputs[w].nbytes + self.targets[w].nbytes
+            if self.counts[w]:
+                owned += self.workspaces[w].nbytes + self.grads[w].nbytes
+            self.stats.row(s.id)[FIELD["bytes"]] = owned

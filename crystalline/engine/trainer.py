@@ -1,0 +1,310 @@
+"""The Trainer: a GPT, its data, a sphere tree running the steps, AdamW on Node Zero, live stats.
+
+    tr = Trainer(model_cfg, train_cfg, "data/tinyshakespeare.txt", workers=63)
+    tr.step()                        # one global step -> StepResult
+    tr.run(200, progress=True)       # tqdm bar with loss, tokens/s and the slowest group
+    tr.start(); tr.pause(); tr.resume(); tr.stop()    # background training for notebooks
+    tr.resize(workers=12)            # between steps; parameters and AdamW state kept
+    tr.stats.snapshot(); tr.history; tr.save(path); Trainer.load(path)
+
+One step on any tree equals one single-thread step on the same global batch: sequences are
+chosen by (seed, step, index) whatever the worker count, losses are summed per token, and the
+reduced gradient is divided once by the global batch's token count on Node Zero.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+from threadpoolctl import threadpool_limits
+
+from crystalline.config import MAX_WORKERS, ModelConfig, TrainConfig
+from crystalline.data.batching import Batches
+from crystalline.data.corpus import Corpus, load_corpus
+from crystalline.engine.hierarchy import Hierarchy
+from crystalline.engine.optimizer import AdamW, learning_rate
+from crystalline.engine.spheres import SYNC_MODES, Job, SphereTree
+from crystalline.engine.stats import FIELD, History, SphereStats, group_tokens_per_s
+from crystalline.errors import ConfigError, TrainingError
+from crystalline.model.gpt import GPT
+from crystalline.model.kernels.clip import scale_
+
+VAL_FRACTION = 0.1
+
+
+class TrainingStopped(TrainingError):
+    """stop() ended the step before its update: the parameters are as before that step."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int              # the step just completed (0-based)
+    loss: float            # mean training loss over the global batch, before the update
+    tokens: int            # tokens in the global batch
+    seconds: float         # wall time of the step
+    tokens_per_s: float
+    lr: float
+    grad_norm: float       # global gradient norm before clipping
+    skipped: bool          # True when the gradient was not finite and no update was applied
+    timings: dict          # hand_out / parallel (A to B) / reduce / update / total seconds
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+class Trainer:
+    """Data-parallel training of one GPT over a hierarchy of sphere threads."""
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, corpus, workers: int | None = None,
+                 hierarchy: Hierarchy | None = None, sync: str = "lock_free", cache_dir=None,
+                 tokenizer=None):
+        if sync not in SYNC_MODES:
+            raise ConfigError(f"sync={sync!r} is not a sync mode; use one of {list(SYNC_MODES)}")
+        self.corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, tokenizer, cache_dir)
+        if model_cfg.vocab_size != self.corpus.tokenizer.vocab_size:
+            model_cfg = model_cfg.replace(vocab_size=self.corpus.tokenizer.vocab_size)
+        self.model_cfg, self.train_cfg, self.sync = model_cfg, train_cfg, sync
+        self.model = GPT(model_cfg, seed=train_cfg.seed)
+        self.optimizer = AdamW(self.model, train_cfg)
+        self.steps_done = 0
+        self.skipped_steps = 0
+        train_tokens, val_tokens = self.corpus.split(VAL_FRACTION)
+        T, B = model_cfg.block_size, train_cfg.batch_size
+        self.batches = Batches(train_tokens, T, B, train_cfg.seed)
+        self.val_batches = Batches(val_tokens, T, B, train_cfg.seed + 1) if len(val_tokens) > T + 1 else None
+        self.history = History()
+        self.hierarchy = self._make_hierarchy(workers, hierarchy)
+        self.stats = SphereStats(self.hierarchy)
+        self._tree: SphereTree | None = None
+        self._blas_limit = None
+        self._step_lock = threading.RLock()
+        self._last_update = None
+        self._started_at = time.time()
+        self._driver: threading.Thread | None = None
+        self._stop_requested = threading.Event()
+        self._running = threading.Event()
+        self.driver_error: BaseException | None = None
+        self._process = psutil.Process()
+
+    # ------------------------------------------------------------------ shape
+    @staticmethod
+    def _make_hierarchy(workers, hierarchy) -> Hierarchy:
+        if hierarchy is not None:
+            if workers is not None and workers != len(hierarchy.workers):
+                raise ConfigError(f"workers={workers} disagrees with the hierarchy's "
+                                  f"{len(hierarchy.workers)} workers; pass one or the other")
+            return hierarchy
+        workers = default_workers() if workers is None else workers
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) \
+                or not 1 <= workers <= MAX_WORKERS:
+            raise ConfigError(f"workers={workers!r} is invalid: use an integer from 1 to {MAX_WORKERS}")
+        return Hierarchy.for_workers(int(workers))
+
+    @property
+    def workers(self) -> int:
+        return len(self.hierarchy.workers)
+
+    def resize(self, workers: int | None = None, hierarchy: Hierarchy | None = None) -> None:
+        """Reshape the sphere tree between steps; parameters, AdamW state and history are kept."""
+        new = self._make_hierarchy(workers, hierarchy)
+        with self._step_lock:
+            self._close_tree()
+            self.hierarchy = new
+            self.stats = SphereStats(new)
+
+    # ------------------------------------------------------------------ steps
+    def _ensure_tree(self) -> SphereTree:
+        if self._tree is None or not self._tree.alive:
+            self._close_tree()
+            self._blas_limit = threadpool_limits(limits=1)   # parallelism comes from the spheres
+            self._tree = SphereTree(self.hierarchy, self.model, self.train_cfg.batch_size, self.stats,
+                                    self._update, self.sync)
+            self.stats.row(self.hierarchy.node_zero.id)[FIELD["bytes"]] = \
+                self.model.params.nbytes + self.optimizer.nbytes
+        return self._tree
+
+    def _close_tree(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
+
+    def _update(self, grad: np.ndarray, scale: float):
+        """Node Zero, after the reduction: mean-loss gradient, clip, AdamW, count the step."""
+        scale_(grad, scale)
+        norm, applied = self.optimizer.update(grad, self.steps_done)
+        self.steps_done += 1
+        self.skipped_steps += not applied
+        self.stats.step = self.steps_done
+        return norm, applied
+
+    def _run_job(self, job: Job):
+        outcome = self._ensure_tree().run(job)
+        if outcome.failure is not None:
+            sphere, exc = outcome.failure
+            self._close_tree()
+            raise TrainingError(f"sphere {sphere.id} ({'node zero' if sphere.is_node_zero else sphere.role}, "
+                                f"worker {sphere.worker_index}, group {sphere.group}, level {sphere.level}) "
+                                f"raised {type(exc).__name__}: {exc} during {job.kind} step {job.step}; "
+                                "the parameters are as before that step") from exc
+        if outcome.aborted:
+            self._close_tree()
+            raise TrainingStopped(f"stopped during {job.kind} step {job.step}; "
+                                  "the parameters are as before that step")
+        return outcome
+
+    def step(self) -> StepResult:
+        """One global step over the whole tree."""
+        with self._step_lock:
+            step = self.steps_done
+            lr = learning_rate(step, self.train_cfg)
+            outcome = self._run_job(Job("train", step, self.batches))
+            norm, applied = outcome.update
+            seconds = outcome.timings["total"]
+            result = StepResult(step=step, loss=outcome.loss, tokens=outcome.tokens, seconds=seconds,
+                                tokens_per_s=outcome.tokens / seconds, lr=lr, grad_norm=norm,
+                                skipped=not applied, timings=outcome.timings)
+            self._record(result)
+            return result
+
+    def evaluate(self, batches: int | None = None) -> float:
+        """Mean validation loss over a fixed set of `batches` validation batches (forward only)."""
+        if self.val_batches is None:
+            raise TrainingError("the corpus is too short to hold out validation data; "
+                                "use a longer corpus or a smaller block_size")
+        n = batches or self.train_cfg.eval_batches
+        with self._step_lock:
+            losses = [self._run_job(Job("eval", k, self.val_batches)).loss for k in range(n)]
+        return float(np.mean(losses))
+
+    def _record(self, r: StepResult) -> None:
+        snap = self.stats.snapshot()
+        self.history.append({
+            "step": r.step, "loss": r.loss, "tokens": r.tokens, "tokens_per_s": r.tokens_per_s,
+            "seconds": r.seconds, "lr": r.lr, "grad_norm": r.grad_norm, "skipped": r.skipped,
+            "rss": self._process.memory_info().rss, "time": time.time() - self._started_at,
+            "workers": self.workers, "group_tokens_per_s": group_tokens_per_s(snap).tolist(),
+        })
+
+    def run(self, steps: int, progress: bool = True) -> list[StepResult]:
+        """Run `steps` steps (validating every eval_interval) with an optional tqdm bar."""
+        from tqdm.auto import tqdm
+        results = []
+        with tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
+            for _ in range(steps):
+                r = self.step()
+                results.append(r)
+                postfix = {"loss": f"{r.loss:.3f}", "tok/s": f"{r.tokens_per_s:,.0f}",
+                           "slowest group": self.slowest_group()}
+                if self._eval_due():
+                    postfix["val"] = f"{self._evaluate_into_history():.3f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+        return results
+
+    def _eval_due(self) -> bool:
+        every = self.train_cfg.eval_interval
+        return self.val_batches is not None and every > 0 and self.steps_done % every == 0
+
+    def _evaluate_into_history(self) -> float:
+        val = self.evaluate()
+        self.history[-1]["val_loss"] = val
+        return val
+
+    def slowest_group(self) -> int:
+        """The top-level group with the lowest tokens/s in the last step (-1 before any step)."""
+        per_group = group_tokens_per_s(self.stats.snapshot())
+        active = np.flatnonzero(per_group > 0)
+        return int(active[np.argmin(per_group[active])]) if len(active) else -1
+
+    # ------------------------------------------------------------------ background
+    def start(self, steps: int | None = None) -> None:
+        """Train in a background thread for `steps` steps (None: until stop())."""
+        if self._driver is not None and self._driver.is_alive():
+            raise TrainingError("the trainer is already running; call stop() first")
+        self._stop_requested.clear()
+        self._running.set()
+        self.driver_error = None
+        self._driver = threading.Thread(target=self._drive, args=(steps,), daemon=True,
+                                        name="crystalline-driver")
+        self._driver.start()
+
+    def _drive(self, steps: int | None) -> None:
+        done = 0
+        try:
+            while (steps is None or done < steps) and not self._stop_requested.is_set():
+                self._running.wait()
+                if self._stop_requested.is_set():
+                    break
+                self.step()
+                if self._eval_due():
+                    self._evaluate_into_history()
+                done += 1
+        except TrainingStopped:
+            pass
+        except BaseException as exc:   # noqa: BLE001 - kept for the notebook to show
+            self.driver_error = exc
+
+    @property
+    def running(self) -> bool:
+        return self._driver is not None and self._driver.is_alive() and self._running.is_set()
+
+    def pause(self) -> None:
+        """Finish the current step, then wait until resume()."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        """Stop background training promptly: an in-flight step is abandoned before its update.
+
+        Returns when every sphere thread has ended; the parameters are those after the last
+        completed step.
+        """
+        self._stop_requested.set()
+        self._running.set()
+        tree = self._tree
+        if tree is not None:
+            tree.abort()
+        if self._driver is not None:
+            self._driver.join()
+            self._driver = None
+        with self._step_lock:
+            self._close_tree()
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Write a checkpoint atomically (parameters, AdamW moments, configs, tokenizer, step)."""
+        from crystalline.checkpoint import save_checkpoint
+        with self._step_lock:
+            return save_checkpoint(path, self)
+
+    @classmethod
+    def load(cls, path, corpus=None, workers: int | None = None, sync: str = "lock_free",
+             cache_dir=None) -> "Trainer":
+        """Rebuild a trainer from a checkpoint; training continues exactly where it stopped."""
+        from crystalline.checkpoint import load_trainer
+        return load_trainer(cls, path, corpus=corpus, workers=workers, sync=sync, cache_dir=cache_dir)
+
+    def __repr__(self) -> str:
+        return (f"Trainer({self.model.num_parameters:,} parameters, {self.workers} workers, "
+                f"{len(self.hierarchy.spheres)} spheres, step {self.steps_done}, sync={self.sync!r})")
