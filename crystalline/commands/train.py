@@ -53,19 +53,13 @@ def _configs(args):
 
 def _make_trainer(args):
     from crystalline.data.corpus import bundled_corpus
-    from crystalline.data.tokenizers import ByteTokenizer, WordTokenizer
     from crystalline.engine.trainer import Trainer
     if args.resume:
         return Trainer.load(args.resume, corpus=args.data, workers=args.workers, sync=args.sync)
     model_cfg, train_cfg = _configs(args)
     data = args.data or str(bundled_corpus())
-    tokenizer = ByteTokenizer() if args.tokenizer == "byte" else _word_tokenizer(data, WordTokenizer)
-    return Trainer(model_cfg, train_cfg, data, workers=args.workers, sync=args.sync, tokenizer=tokenizer)
-
-
-def _word_tokenizer(data, WordTokenizer):
-    from crystalline.data.corpus import load_text
-    return WordTokenizer.train(load_text(data))
+    return Trainer(model_cfg, train_cfg, data, workers=args.workers, sync=args.sync,
+                   tokenizer=args.tokenizer)
 
 
 def run(args) -> int:

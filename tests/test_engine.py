@@ -1,0 +1,234 @@
+"""The engine's invariant, determinism, stats, resize and faults, on the tiny preset."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from crystalline import Hierarchy, Trainer
+from crystalline.config import preset
+from crystalline.data.batching import Batches
+from crystalline.engine.optimizer import ADAM_EPS, learning_rate
+from crystalline.engine.stats import FIELD
+from crystalline.engine.trainer import TrainingStopped
+from crystalline.errors import ConfigError, TrainingError
+from crystalline.model.gpt import GPT
+from crystalline.model.kernels.adamw import adamw_step
+from crystalline.model.kernels.clip import grad_norm, scale_
+
+MODEL_CFG, TRAIN_CFG = preset("tiny")
+TRAIN_CFG = TRAIN_CFG.replace(batch_size=24, eval_interval=0)
+
+
+def make_trainer(corpus, **kw):
+    return Trainer(MODEL_CFG, kw.pop("train_cfg", TRAIN_CFG), corpus, **kw)
+
+
+def reference_params(corpus, steps, train_cfg=TRAIN_CFG):
+    """Single-thread training on the same global batches: forward, backward, clip, AdamW."""
+    model = GPT(MODEL_CFG, seed=train_cfg.seed)
+    train, _ = corpus.split(0.1)
+    T, B = MODEL_CFG.block_size, train_cfg.batch_size
+    batches = Batches(train, T, B, train_cfg.seed)
+    m, v = np.zeros_like(model.params), np.zeros_like(model.params)
+    x, y = np.empty((B, T), np.int32), np.empty((B, T), np.int32)
+    for step in range(steps):
+        batches.fill(step, 0, B, x, y)
+        model.forward(x, y)
+        grad = model.backward()
+        norm = grad_norm(grad)
+        if norm > train_cfg.grad_clip:
+            scale_(grad, train_cfg.grad_clip / norm)
+        adamw_step(model.params, grad, m, v, model.decay_mask, learning_rate(step, train_cfg),
+                   train_cfg.beta1, train_cfg.beta2, ADAM_EPS, train_cfg.weight_decay, step + 1)
+    return model.params.copy()
+
+
+@pytest.fixture(scope="module")
+def reference(shakespeare):
+    return reference_params(shakespeare, 3)
+
+
+def assert_close_params(got, want):
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= 1e-5 * scale, np.abs(got - want).max() / scale
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 12, 13, 63])
+def test_any_tree_equals_single_thread(shakespeare, reference, workers):
+    with make_trainer(shakespeare, workers=workers) as tr:
+        losses = [tr.step().loss for _ in range(3)]
+    assert all(np.isfinite(losses))
+    assert_close_params(tr.model.params, reference)
+
+
+def test_full_lattice_and_model_lock_equal_single_thread(shakespeare, reference):
+    with make_trainer(shakespeare, hierarchy=Hierarchy.full(levels=3)) as tr:
+        assert len(tr.hierarchy.spheres) == 157
+        for _ in range(3):
+            tr.step()
+    assert_close_params(tr.model.params, reference)
+    with make_trainer(shakespeare, workers=4, sync="model_lock") as tr:
+        for _ in range(3):
+            tr.step()
+    assert_close_params(tr.model.params, reference)
+
+
+def test_same_tree_is_bitwise_deterministic(shakespeare):
+    runs = []
+    for _ in range(2):
+        with make_trainer(shakespeare, workers=13) as tr:
+            for _ in range(2):
+                tr.step()
+            runs.append(tr.model.params.copy())
+    assert np.array_equal(runs[0], runs[1])
+
+
+def test_loss_falls(shakespeare):
+    cfg = TRAIN_CFG.replace(batch_size=8)
+    with make_trainer(shakespeare, workers=2, train_cfg=cfg) as tr:
+        results = tr.run(60, progress=False)
+    first = np.mean([r.loss for r in results[:5]])
+    last = np.mean([r.loss for r in results[-5:]])
+    assert first > 5.0 and last < first - 1.5, (first, last)
+
+
+def test_stats_add_up_and_fill_every_time_field(shakespeare):
+    with make_trainer(shakespeare, workers=13) as tr:
+        for _ in range(3):
+            tr.step()
+        snap = tr.stats.snapshot()
+    workers = snap["role"] == "worker"
+    T = MODEL_CFG.block_size
+    assert snap["tokens"][workers].sum() == 3 * TRAIN_CFG.batch_size * T
+    assert (snap["micro_batches"][workers] == 3).all()        # 24 sequences over 13 workers
+    for name in ("compute_s", "wait_a_s", "wait_b_s", "tokens_per_s", "bytes"):
+        assert (snap[name][workers] > 0).all(), name
+    controls = snap["role"] == "control"
+    assert (snap["reduce_s"][controls] > 0).all()
+    assert snap["reduce_s"][snap["role"] == "node_zero"][0] > 0
+    assert np.isfinite(snap["loss"][workers]).all()
+    assert len(tr.history) == 3 and tr.history[-1]["step"] == 2
+    assert sum(tr.history[-1]["group_tokens_per_s"]) > 0
+
+
+def test_idle_workers_when_more_workers_than_sequences(shakespeare, reference):
+    with make_trainer(shakespeare, workers=30) as tr:     # 24 sequences: 6 workers idle
+        for _ in range(3):
+            tr.step()
+        snap = tr.stats.snapshot()
+    assert_close_params(tr.model.params, reference)
+    assert (snap["tokens"][snap["role"] == "worker"] == 0).sum() == 6
+
+
+def test_resize_keeps_state_and_invariance(shakespeare, reference):
+    with make_trainer(shakespeare, workers=2) as tr:
+        tr.step()
+        tr.resize(workers=12)
+        assert tr.workers == 12 and tr.optimizer.t == 1
+        tr.step()
+        tr.resize(workers=5)
+        tr.step()
+    assert_close_params(tr.model.params, reference)
+
+
+def test_bad_workers_and_sync_are_clear_errors(shakespeare):
+    for bad in (0, -3, 10**6, 2.5):
+        with pytest.raises(ConfigError, match="workers"):
+            make_trainer(shakespeare, workers=bad)
+    with pytest.raises(ConfigError, match="sync"):
+        make_trainer(shakespeare, workers=1, sync="spinlock")
+
+
+def test_worker_raising_at_step_k_names_the_sphere_and_leaves_no_thread(shakespeare):
+    before = set(threading.enumerate())
+    tr = make_trainer(shakespeare, workers=13)
+    original = tr.model.forward_into
+    calls = {"n": 0}
+
+    def faulty(ws, x, y, params=None):
+        if threading.current_thread().name.startswith("sphere-") and tr.steps_done == 2:
+            if threading.current_thread().name == f"sphere-{tr.hierarchy.workers[7].id}-worker":
+                raise RuntimeError("injected fault")
+        calls["n"] += 1
+        return original(ws, x, y, params)
+
+    tr.model.forward_into = faulty
+    tr.step(); tr.step()
+    params = tr.model.params.copy()
+    with pytest.raises(TrainingError, match=r"worker 7.*injected fault.*step 2"):
+        tr.step()
+    assert np.array_equal(tr.model.params, params) and tr.steps_done == 2
+    tr.model.forward_into = original
+    tr.step()                                    # the tree is rebuilt and training goes on
+    assert tr.steps_done == 3
+    tr.close()
+    assert set(threading.enumerate()) <= before
+
+
+def test_stop_at_random_moments_never_half_applies(shakespeare):
+    before = set(threading.enumerate())
+    rng = np.random.default_rng(0)
+    for trial in range(25):
+        tr = make_trainer(shakespeare, workers=int(rng.integers(1, 14)))
+        snapshots = {}
+        original_update = tr._update
+
+        def update(grad, scale):
+            result = original_update(grad, scale)
+            snapshots[tr.steps_done] = tr.model.params.copy()
+            return result
+
+        tr._update = update
+        tr._ensure_tree().update = update
+        snapshots[0] = tr.model.params.copy()
+        tr.start()
+        stopper = threading.Timer(float(rng.uniform(0, 0.3)), tr.stop)
+        stopper.start()
+        stopper.join(30)
+        assert not stopper.is_alive(), f"trial {trial}: stop() hung"
+        assert tr.driver_error is None, tr.driver_error
+        assert np.array_equal(tr.model.params, snapshots[tr.steps_done]), f"trial {trial}"
+    assert set(threading.enumerate()) <= before
+
+
+def test_pause_resume_and_step_after_stop(shakespeare):
+    tr = make_trainer(shakespeare, workers=3)
+    tr.start()
+    tr.pause()
+    done = tr.steps_done
+    tr.resume()
+    tr.stop()
+    assert tr.steps_done >= done
+    n = tr.steps_done
+    tr.step()
+    assert tr.steps_done == n + 1
+    tr.close()
+
+
+def test_stop_interrupts_a_direct_step_call(shakespeare):
+    tr = make_trainer(shakespeare, workers=2)
+    tr.step()
+    params = tr.model.params.copy()
+    tree = tr._ensure_tree()
+    in_forward, aborted = threading.Event(), threading.Event()
+    original_abort, original_forward = tree.abort, tr.model.forward_into
+
+    def abort():
+        original_abort()
+        aborted.set()
+
+    def forward_until_aborted(ws, x, y, params=None):
+        in_forward.set()
+        aborted.wait()
+        return original_forward(ws, x, y, params)
+
+    tree.abort = abort
+    tr.model.forward_into = forward_until_aborted
+    stopper = threading.Thread(target=lambda: (in_forward.wait(), tr.stop()))
+    stopper.start()
+    with pytest.raises(TrainingStopped):
+        tr.step()
+    stopper.join()
+    assert tr.steps_done == 1 and np.array_equal(tr.model.params, params)
+    tr.close()
