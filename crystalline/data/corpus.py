@@ -9,7 +9,9 @@
 A folder is read recursively in sorted order of relative paths; entries whose name starts with
 "." (.git, .DS_Store) are not read. Each file is checked by its content, not its extension:
 it is binary, and skipped, when its first 8 KiB hold a NUL byte, or are neither valid UTF-8
-nor at least 90% printable ASCII (tab, newline, CR, form feed included). The text of a folder's
+nor at least 95% "printable" bytes: ASCII 0x20-0x7E, tab, newline, CR, vertical tab, form
+feed, backspace, ESC, and any byte >= 0x80 (so Latin-1 or cp1252 text is kept, while
+random bytes, about 90% printable by this count, are not). UTF-16 files hold NULs: skipped. The text of a folder's
 files is joined in that order, each file followed by "\\n" if it does not end with one. A single
 file is used byte for byte. Encoded tokens are cached on disk (see crystalline.data.cache).
 """
@@ -27,10 +29,11 @@ from crystalline.data.tokenizers import Tokenizer, make_tokenizer
 from crystalline.errors import DataError
 
 SNIFF_BYTES = 8192          # how much of a file the binary check reads
-MIN_PRINTABLE = 0.90        # the ASCII-printable share that makes a non-UTF-8 file text
+MIN_PRINTABLE = 0.95        # the printable share that makes a non-UTF-8 file text
 _PRINTABLE = np.zeros(256, dtype=bool)
 _PRINTABLE[0x20:0x7F] = True
-_PRINTABLE[[0x09, 0x0A, 0x0C, 0x0D]] = True
+_PRINTABLE[0x80:] = True
+_PRINTABLE[[0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1B]] = True
 
 
 def bundled_corpus() -> Path:
