@@ -1,0 +1,42 @@
+"""Fused softmax + cross-entropy. logits, probs, dlogits: (N, V); targets: (N,) ids; losses: (N,)."""
+
+import math
+
+from numba import njit
+
+from crystalline.config import FASTMATH
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def crossentropy_forward(probs, losses, logits, targets, N, V):
+    """probs = softmax(logits) row-wise; losses[n] = -log probs[n, targets[n]]; returns their sum
+    (float64)."""
+    total = 0.0
+    for n in range(N):
+        x, p = logits[n], probs[n]
+        m = x[0]
+        for v in range(1, V):
+            if x[v] > m:
+                m = x[v]
+        s = 0.0
+        for v in range(V):
+            e = math.exp(x[v] - m)
+            p[v] = e
+            s += e
+        inv = 1.0 / s
+        for v in range(V):
+            p[v] *= inv
+        loss = math.log(s) - (x[targets[n]] - m)
+        losses[n] = loss
+        total += loss
+    return total
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def crossentropy_backward(dlogits, probs, targets, dloss, N, V):
+    """Accumulate the gradient of dloss * sum(losses): dlogits += dloss * (probs - onehot)."""
+    for n in range(N):
+        d, p = dlogits[n], probs[n]
+        for v in range(V):
+            d[v] += dloss * p[v]
+        d[targets[n]] -= dloss

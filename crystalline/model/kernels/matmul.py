@@ -1,0 +1,30 @@
+"""Linear layer out = inp @ weight.T + bias via BLAS. inp: (N, C), weight: (OC, C) nn.Linear order,
+bias: (OC,) or empty (no bias, e.g. the tied LM head), out: (N, OC). N = B * T folds the batch
+into the GEMM M dimension, so every projection is one large product."""
+
+from numba import njit
+
+from crystalline.config import FASTMATH
+from crystalline.model.kernels.blas import N_, T_, gemm
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def matmul_forward(out, inp, weight, bias, N, C, OC):
+    if bias.shape[0] == 0:
+        gemm(N_, T_, N, OC, C, 1.0, inp, 0, C, weight, 0, C, 0.0, out, 0, OC)
+        return
+    for n in range(N):
+        for o in range(OC):
+            out[n, o] = bias[o]
+    gemm(N_, T_, N, OC, C, 1.0, inp, 0, C, weight, 0, C, 1.0, out, 0, OC)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC):
+    """Accumulate dinp += dout @ weight, dweight += dout.T @ inp, dbias += column sums of dout."""
+    gemm(N_, N_, N, C, OC, 1.0, dout, 0, OC, weight, 0, C, 1.0, dinp, 0, C)
+    gemm(T_, N_, OC, C, N, 1.0, dout, 0, OC, inp, 0, C, 1.0, dweight, 0, C)
+    if dbias.shape[0] != 0:
+        for n in range(N):
+            for o in range(OC):
+                dbias[o] += dout[n, o]

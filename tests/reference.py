@@ -1,0 +1,78 @@
+"""Slow, obvious float64 NumPy references for every kernel and for the whole GPT (stumpy's naive.py).
+
+Shapes follow the kernels: x (N, C) rows, weight (OC, C), qkv (B, T, 3C), logits (N, V).
+"""
+
+import math
+
+import numpy as np
+
+
+def encoder(idx, wte, wpe):
+    B, T = idx.shape
+    return (wte[idx] + wpe[None, :T]).reshape(B * T, -1)
+
+
+def layernorm(x, w, b, eps=1e-5):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * w + b
+
+
+def matmul(x, w, b=None):
+    out = x @ w.T
+    return out if b is None else out + b
+
+
+def attention(qkv, NH):
+    """qkv (B, T, 3C) -> y (B, T, C), causal."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // NH
+    q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B, T, NH, hs).transpose(0, 2, 1, 3) for i in range(3))
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)
+    scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C), p
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def residual(a, b):
+    return a + b
+
+
+def crossentropy(logits, targets):
+    """Per-row losses of softmax cross-entropy; also the probabilities."""
+    m = logits.max(-1, keepdims=True)
+    p = np.exp(logits - m)
+    p /= p.sum(-1, keepdims=True)
+    return -np.log(p[np.arange(len(targets)), targets]), p
+
+
+def adamw(p, g, m, v, mask, lr, beta1, beta2, eps, wd, t):
+    """PyTorch's AdamW step; returns new (p, m, v)."""
+    p = p * (1 - lr * wd * mask)
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    denom = np.sqrt(v) / math.sqrt(1 - beta2 ** t) + eps
+    return p - lr / (1 - beta1 ** t) * m / denom, m, v
+
+
+def gpt_loss(p, cfg, idx, targets):
+    """Mean next-token loss of the GPT; p: dict of float64 parameter tensors."""
+    B, T = idx.shape
+    x = encoder(idx, p["wte"], p["wpe"])
+    for l in range(cfg.n_layer):
+        h = layernorm(x, p["ln1w"][l], p["ln1b"][l])
+        qkv = matmul(h, p["qkvw"][l], p["qkvb"][l]).reshape(B, T, -1)
+        y, _ = attention(qkv, cfg.n_head)
+        x = x + matmul(y.reshape(B * T, -1), p["attprojw"][l], p["attprojb"][l])
+        h = layernorm(x, p["ln2w"][l], p["ln2b"][l])
+        x = x + matmul(gelu(matmul(h, p["fcw"][l], p["fcb"][l])), p["fcprojw"][l], p["fcprojb"][l])
+    logits = matmul(layernorm(x, p["lnfw"], p["lnfb"]), p["wte"])
+    losses, _ = crossentropy(logits, targets.reshape(-1))
+    return losses.mean(), logits.reshape(B, T, -1)

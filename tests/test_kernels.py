@@ -1,0 +1,191 @@
+"""Each kernel against its float64 NumPy reference (tests/reference.py); each backward against
+float64 central finite differences of the reference forward with loss = (out * dout).sum()."""
+
+import math
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import reference as ref
+from crystalline.model.kernels.adamw import adamw_step
+from crystalline.model.kernels.attention import attention_backward, attention_forward
+from crystalline.model.kernels.clip import grad_norm, scale_
+from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward
+from crystalline.model.kernels.encoder import encoder_backward, encoder_forward
+from crystalline.model.kernels.gelu import gelu_backward, gelu_forward, tanh_rational
+from crystalline.model.kernels.layernorm import layernorm_backward, layernorm_forward
+from crystalline.model.kernels.matmul import matmul_backward, matmul_forward
+from crystalline.model.kernels.residual import residual_backward, residual_forward
+
+B, T, C = 2, 3, 4
+N = B * T
+rng = np.random.default_rng(1234)
+
+
+def f32(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def fd_grad(f, x, h=1e-6):
+    """Central finite differences of scalar f at float64 copy of x."""
+    x = x.astype(np.float64).copy()
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
+        fp = f(x)
+        x[i] = old - h
+        fm = f(x)
+        x[i] = old
+        g[i] = (fp - fm) / (2 * h)
+    return g
+
+
+def close(analytic, numeric, rtol=1e-4):
+    scale = max(np.abs(numeric).max(), 1e-6)
+    err = np.abs(analytic.astype(np.float64) - numeric).max() / scale
+    assert err < rtol, f"relative error {err:.2e}"
+
+
+def d(x):
+    return x.astype(np.float64)
+
+
+def test_encoder():
+    V = 5
+    idx = rng.integers(0, V, (B, T)).astype(np.int32)
+    wte, wpe, dout = f32(V, C), f32(T, C), f32(N, C)
+    out = np.zeros((N, C), np.float32)
+    encoder_forward(out, idx, wte, wpe, B, T, C)
+    np.testing.assert_allclose(out, ref.encoder(idx, d(wte), d(wpe)), rtol=1e-6)
+    dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
+    encoder_backward(dwte, dwpe, dout, idx, B, T, C)
+    close(dwte, fd_grad(lambda w: (ref.encoder(idx, w, d(wpe)) * dout).sum(), wte))
+    close(dwpe, fd_grad(lambda w: (ref.encoder(idx, d(wte), w) * dout).sum(), wpe))
+
+
+def test_layernorm():
+    x, w, b, dout = f32(N, C), f32(C), f32(C), f32(N, C)
+    out, mean, rstd = np.zeros((N, C), np.float32), np.zeros(N, np.float32), np.zeros(N, np.float32)
+    layernorm_forward(out, mean, rstd, x, w, b, N, C)
+    np.testing.assert_allclose(out, ref.layernorm(d(x), d(w), d(b)), rtol=1e-5, atol=1e-5)
+    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    dx += 0.5  # backward accumulates
+    layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C)
+    close(dx - 0.5, fd_grad(lambda v: (ref.layernorm(v, d(w), d(b)) * dout).sum(), x))
+    close(dw, fd_grad(lambda v: (ref.layernorm(d(x), v, d(b)) * dout).sum(), w))
+    close(db, fd_grad(lambda v: (ref.layernorm(d(x), d(w), v) * dout).sum(), b))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_matmul(bias):
+    OC = 5
+    x, w, dout = f32(N, C), f32(OC, C), f32(N, OC)
+    b = f32(OC) if bias else np.zeros(0, np.float32)
+    out = np.zeros((N, OC), np.float32)
+    matmul_forward(out, x, w, b, N, C, OC)
+    np.testing.assert_allclose(out, ref.matmul(d(x), d(w), d(b) if bias else None), rtol=1e-5, atol=1e-5)
+    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    matmul_backward(dx, dw, db, dout, x, w, N, C, OC)
+    bb = d(b) if bias else None
+    close(dx, fd_grad(lambda v: (ref.matmul(v, d(w), bb) * dout).sum(), x))
+    close(dw, fd_grad(lambda v: (ref.matmul(d(x), v, bb) * dout).sum(), w))
+    if bias:
+        close(db, fd_grad(lambda v: (ref.matmul(d(x), d(w), v) * dout).sum(), b))
+
+
+@pytest.mark.parametrize("T_, C_, NH", [(3, 4, 2), (7, 8, 2), (5, 6, 1)])
+def test_attention(T_, C_, NH):
+    qkv, dout = f32(B, T_, 3 * C_), f32(B, T_, C_)
+    out = np.zeros((B * T_, C_), np.float32)
+    att = np.full((B, NH, T_, T_), np.nan, np.float32)    # every entry must be written
+    attention_forward(out, att, qkv.reshape(B * T_, 3 * C_), B, T_, C_, NH)
+    y, p = ref.attention(d(qkv), NH)
+    np.testing.assert_allclose(out, y.reshape(B * T_, C_), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(att, p, rtol=1e-5, atol=1e-7)
+    dqkv = np.zeros((B * T_, 3 * C_), np.float32)
+    datt = np.full((T_, T_), np.nan, np.float32)          # scratch: contents irrelevant
+    attention_backward(dqkv, datt, dout.reshape(B * T_, C_), qkv.reshape(B * T_, 3 * C_), att,
+                       B, T_, C_, NH)
+    close(dqkv.reshape(B, T_, 3 * C_),
+          fd_grad(lambda v: (ref.attention(v, NH)[0] * dout).sum(), qkv))
+
+
+def test_tanh_rational_matches_numpy():
+    x = np.concatenate([np.linspace(-12, 12, 200001), [0.0, 1e-8, -1e-8, 1e-3, 20.0, -20.0]])
+    got = np.array([tanh_rational(v) for v in x[::97]])
+    np.testing.assert_allclose(got, np.tanh(x[::97]), rtol=0, atol=4e-7)
+
+
+def test_gelu():
+    n = 4000
+    x, dout = np.linspace(-9, 9, n).astype(np.float32), f32(n)
+    out = np.zeros(n, np.float32)
+    gelu_forward(out, x, n)
+    np.testing.assert_allclose(out, ref.gelu(d(x)), rtol=0, atol=2e-6)
+    x, dout = f32(N * C, scale=2.0), f32(N * C)
+    dx = np.zeros_like(x)
+    gelu_backward(dx, x, dout, N * C)
+    close(dx, fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x))
+
+
+def test_residual():
+    a, b, dout = f32(N * C), f32(N * C), f32(N * C)
+    out = np.zeros_like(a)
+    residual_forward(out, a, b, N * C)
+    np.testing.assert_array_equal(out, a + b)
+    da, db = np.ones_like(a), np.zeros_like(b)
+    residual_backward(da, db, dout, N * C)
+    close(da - 1, fd_grad(lambda v: (ref.residual(v, d(b)) * dout).sum(), a))
+    close(db, fd_grad(lambda v: (ref.residual(d(a), v) * dout).sum(), b))
+
+
+def test_crossentropy():
+    V = 7
+    logits, targets = f32(N, V, scale=3.0), rng.integers(0, V, N).astype(np.int32)
+    probs, losses = np.zeros((N, V), np.float32), np.zeros(N, np.float32)
+    total = crossentropy_forward(probs, losses, logits, targets, N, V)
+    rl, rp = ref.crossentropy(d(logits), targets)
+    np.testing.assert_allclose(losses, rl, rtol=1e-5)
+    np.testing.assert_allclose(probs, rp, rtol=1e-5, atol=1e-7)
+    assert abs(total - rl.sum()) < 1e-4
+    dlogits = np.zeros_like(logits)
+    crossentropy_backward(dlogits, probs, targets, 0.25, N, V)
+    close(dlogits, fd_grad(lambda v: 0.25 * ref.crossentropy(v, targets)[0].sum(), logits))
+
+
+def test_adamw_matches_reference_over_steps():
+    n = 1000
+    p, m, v = f32(n), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    mask = (rng.random(n) < 0.5).astype(np.float32)
+    rp, rm, rv = d(p), d(m), d(v)
+    for t in range(1, 6):
+        g = f32(n)
+        adamw_step(p, g, m, v, mask, 1e-2, 0.9, 0.95, 1e-8, 0.1, t)
+        rp, rm, rv = ref.adamw(rp, d(g), rm, rv, d(mask), 1e-2, 0.9, 0.95, 1e-8, 0.1, t)
+    np.testing.assert_allclose(p, rp, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m, rm, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(v, rv, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 100003])
+def test_grad_norm_and_scale(n):
+    g = f32(n)
+    assert grad_norm(g) == pytest.approx(np.linalg.norm(d(g)), rel=1e-12, abs=1e-12)
+    want = g * np.float32(0.5)
+    scale_(g, 0.5)
+    np.testing.assert_array_equal(g, want)
+
+
+def test_no_stray_fastmath():
+    """FASTMATH in crystalline.config is the only switch (stumpy's rule)."""
+    root = pathlib.Path(__file__).resolve().parents[1] / "crystalline"
+    strays = [str(f) for f in root.rglob("*.py") if re.search(r"fastmath\s*=\s*(True|\{)", f.read_text())]
+    assert strays == []
+    for f in (root / "model" / "kernels").glob("*.py"):
+        text = f.read_text()
+        assert "parallel=True" not in text, f
+        for m in re.finditer(r"@njit\(([^)]*)\)", text):
+            assert "nogil=True" in m.group(1) and "fastmath=FASTMATH" in m.group(1), (f, m.group(0))
