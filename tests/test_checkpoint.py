@@ -1,0 +1,127 @@
+"""Checkpoints: exact resume on 1 and 12 workers, atomic writes, and every bad file refused."""
+
+import json
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from crystalline import Trainer
+from crystalline.checkpoint import load_model, read_checkpoint
+from crystalline.config import preset
+from crystalline.errors import CheckpointError
+
+MODEL_CFG, TRAIN_CFG = preset("tiny")
+TRAIN_CFG = TRAIN_CFG.replace(batch_size=12, eval_interval=0)
+
+
+@pytest.mark.parametrize("workers", [1, 12])
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(shakespeare, tmp_path, workers):
+    with Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=workers) as straight:
+        straight_losses = [straight.step().loss for _ in range(6)]
+    with Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=workers) as first:
+        for _ in range(3):
+            first.step()
+        first.save(tmp_path / "ckpt.safetensors")
+    with Trainer.load(tmp_path / "ckpt.safetensors", corpus=shakespeare) as resumed:
+        assert resumed.steps_done == 3 and resumed.workers == workers
+        resumed_losses = [resumed.step().loss for _ in range(3)]
+    assert resumed_losses == straight_losses[3:]
+    assert np.array_equal(resumed.model.params, straight.model.params)
+    assert np.array_equal(resumed.optimizer.m, straight.optimizer.m)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(shakespeare, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "ckpt.safetensors"
+    with Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=2) as tr:
+        tr.step()
+        tr.save(path)
+    return path
+
+
+def test_load_model_for_sampling(checkpoint):
+    model, tokenizer, meta = load_model(checkpoint)
+    assert meta["step"] == 1 and tokenizer.vocab_size == 256
+    assert model.num_parameters == read_checkpoint(checkpoint)[0]["params"].shape[0]
+
+
+def test_save_replaces_atomically_and_leaves_no_temp_file(shakespeare, checkpoint, tmp_path):
+    path = tmp_path / "c.safetensors"
+    with Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=1) as tr:
+        tr.save(path)
+        tr.step()
+        tr.save(path)
+    assert read_checkpoint(path)[1]["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+def _header(path):
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    return data, n, json.loads(data[8:8 + n])
+
+
+def test_truncated_file_is_refused(checkpoint, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(checkpoint.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_checkpoint(bad)
+    bad.write_bytes(checkpoint.read_bytes()[:5])
+    with pytest.raises(CheckpointError, match="not a safetensors"):
+        read_checkpoint(bad)
+
+
+def test_tampered_tensor_or_metadata_is_refused(checkpoint, tmp_path):
+    data, n, header = _header(checkpoint)
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF
+    bad = tmp_path / "tensor.safetensors"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="digest mismatch"):
+        read_checkpoint(bad)
+
+    meta = json.loads(header["__metadata__"]["crystalline"])
+    meta["step"] = 999
+    header["__metadata__"]["crystalline"] = json.dumps(meta)
+    new_header = json.dumps(header).encode()
+    new_header += b" " * (-len(new_header) % 8)
+    bad = tmp_path / "meta.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(new_header)) + new_header + data[8 + n:])
+    with pytest.raises(CheckpointError, match="digest mismatch"):
+        read_checkpoint(bad)
+
+
+def test_shape_mismatch_with_config_is_refused(checkpoint, tmp_path):
+    data, n, header = _header(checkpoint)
+    meta = json.loads(header["__metadata__"]["crystalline"])
+    meta["model_config"]["n_layer"] = 3
+    from crystalline.checkpoint import _digest
+    tensors, _ = read_checkpoint(checkpoint)
+    meta["digest"] = _digest(tensors, meta)       # consistent digest, wrong config
+    header["__metadata__"]["crystalline"] = json.dumps(meta)
+    new_header = json.dumps(header).encode()
+    new_header += b" " * (-len(new_header) % 8)
+    bad = tmp_path / "shape.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(new_header)) + new_header + data[8 + n:])
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(bad)
+
+
+def test_a_pickle_is_never_unpickled(tmp_path, monkeypatch):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(pickle.dumps({"params": np.zeros(3)}))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled"))
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        read_checkpoint(bad)
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.safetensors")
+    from safetensors.numpy import save_file
+    save_file({"x": np.zeros(3, np.float32)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="not written by crystalline"):
+        read_checkpoint(tmp_path / "foreign.safetensors")
