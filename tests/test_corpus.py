@@ -188,3 +188,19 @@ def test_default_cache_dir_is_used_when_none_is_given(tmp_path):
     load_corpus(tmp_path / "a.txt")
     assert len(list(default_cache_dir().glob("*.npy"))) == 1     # the per-test cache (conftest)
     assert os.environ["CRYSTALLINE_CACHE"] != str(__import__("pathlib").Path.home() / ".cache" / "crystalline")
+
+
+def test_word_vocabulary_is_trained_once_per_text(tmp_path, monkeypatch):
+    from crystalline.data.tokenizers import WordTokenizer as Words
+    (tmp_path / "w.txt").write_text("b a b c\n")
+    first = load_corpus(tmp_path / "w.txt", tokenizer="word", cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.tokenizer.json"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again instead of reading the cache")
+    monkeypatch.setattr(Words, "train", no_training)
+    second = load_corpus(tmp_path / "w.txt", tokenizer="word", cache_dir=tmp_path / "cache")
+    assert second.tokenizer == first.tokenizer and second.tokens.tolist() == first.tokens.tolist()
+    (tmp_path / "w.txt").write_text("b a b c d\n")
+    with pytest.raises(AssertionError, match="trained again"):
+        load_corpus(tmp_path / "w.txt", tokenizer="word", cache_dir=tmp_path / "cache")

@@ -2,12 +2,14 @@
 
     from crystalline.data.cache import cached_encode, default_cache_dir
     tokens = cached_encode(raw_bytes, tokenizer, cache_dir)   # (n,) int32, a read-only memmap
+    words = cached_word_tokenizer(raw_bytes, cache_dir)        # trained once per text and cap
 
 Key: sha256 over a format tag, the sha256 of the exact bytes that are tokenized, and the
 tokenizer's canonical JSON, so a changed file or a different vocabulary gets a new entry.
 Entries are `<key>.npy` files, written to a temporary file in the same folder, fsynced and
 renamed into place (os.replace), so a crash never leaves a half entry under a real key. An
 entry that does not load as a 1-D int32 array is treated as missing and written again.
+Word vocabularies trained on a corpus are cached the same way, as `<key>.tokenizer.json`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 CACHE_FORMAT = b"crystalline-tokens-v1\0"
+VOCAB_FORMAT = b"crystalline-word-vocab-v1\0"
 
 
 def default_cache_dir() -> Path:
@@ -106,3 +109,28 @@ def cached_encode(data: bytes, tokenizer, cache_dir: str | Path | None = None) -
         return tokens
     loaded = _load_entry(path)
     return loaded if loaded is not None else tokens
+
+
+def cached_word_tokenizer(data: bytes, cache_dir: str | Path | None = None,
+                          max_vocab: int | None = None, min_count: int = 1):
+    """`WordTokenizer.train` on `data` (decoded with errors="replace"), cached on disk."""
+    from crystalline.data.tokenizers import DEFAULT_MAX_VOCAB, WordTokenizer, load_tokenizer
+    from crystalline.errors import DataError
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    max_vocab = DEFAULT_MAX_VOCAB if max_vocab is None else max_vocab
+    h = hashlib.sha256(VOCAB_FORMAT)
+    h.update(hashlib.sha256(data).digest())
+    h.update(f"max_vocab={max_vocab},min_count={min_count}".encode())
+    path = cache_dir / f"{h.hexdigest()}.tokenizer.json"
+    if path.is_file():
+        try:
+            return load_tokenizer(path)
+        except DataError:
+            pass   # a damaged entry: train again and replace it
+    tokenizer = WordTokenizer.train(data.decode("utf-8", errors="replace"), max_vocab, min_count)
+    try:
+        tokenizer.save(path)
+    except OSError as e:
+        warnings.warn(f"could not write the vocabulary cache {path} ({e}); continuing without it",
+                      stacklevel=2)
+    return tokenizer

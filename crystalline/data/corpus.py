@@ -124,7 +124,11 @@ def load_corpus(source, tokenizer=None, cache_dir=None) -> Corpus:
     from crystalline.data.cache import cached_encode
     source = str(source)
     data, num_files = _read_source(source)
-    tok = make_tokenizer(tokenizer, data)
+    if tokenizer == "word":
+        from crystalline.data.cache import cached_word_tokenizer
+        tok = cached_word_tokenizer(data, cache_dir)
+    else:
+        tok = make_tokenizer(tokenizer, data)
     tokens = cached_encode(data, tok, cache_dir) if data else np.zeros(0, np.int32)
     if len(tokens) == 0:
         raise DataError(f"corpus {source} is empty ({len(data)} bytes gave no tokens); "

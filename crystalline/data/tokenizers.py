@@ -33,6 +33,7 @@ FORMAT_VERSION = 1
 # Word-tokenizer specials: fixed ids 0..4, never learnt from text.
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<mask>"]
+DEFAULT_MAX_VOCAB = 8192   # word vocabulary cap (specials included) when none is given
 
 
 def _as_ids(ids, vocab_size: int) -> np.ndarray:
@@ -140,7 +141,7 @@ class WordTokenizer(Tokenizer):
         self._ids = {w: i for i, w in enumerate(self.vocab) if i >= len(SPECIALS)}
 
     @classmethod
-    def train(cls, text: str, max_vocab: int = 8192, min_count: int = 1) -> "WordTokenizer":
+    def train(cls, text: str, max_vocab: int = DEFAULT_MAX_VOCAB, min_count: int = 1) -> "WordTokenizer":
         """Learn a vocabulary of at most `max_vocab` entries (specials included).
 
         Words are ranked by count, descending; equal counts are ordered lexicographically
