@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from crystalline.data import cache, corpus as corpus_module
+from crystalline.data import cache
 from crystalline.data.cache import atomic_write_bytes, cache_key, cached_encode, default_cache_dir
 from crystalline.data.corpus import bundled_corpus, corpus_info, is_text, load_corpus
 from crystalline.data.tokenizers import ByteTokenizer, WordTokenizer
@@ -93,6 +93,9 @@ def test_word_tokenizer_corpus(tmp_path):
     given = WordTokenizer.train("dog")
     again = load_corpus(tmp_path / "w.txt", tokenizer=given, cache_dir=tmp_path / "cache")
     assert again.tokenizer is given and given.decode(again.tokens) == "<unk> <unk> <unk> dog <unk>"
+    from_file = load_corpus(tmp_path / "w.txt", tokenizer=given.save(tmp_path / "dog.json"),
+                            cache_dir=tmp_path / "cache")
+    assert from_file.tokenizer == given and from_file.tokens.tolist() == again.tokens.tolist()
 
 
 def test_split_is_a_contiguous_deterministic_tail(tmp_path):
