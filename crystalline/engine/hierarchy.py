@@ -96,7 +96,8 @@ class Hierarchy:
             max_levels += 1
         _check_int("levels", levels, 2, max_levels,
                    f"use 2 <= levels <= {max_levels} (levels=2 is Node Zero + 12 workers; "
-                   f"12**(levels-1) workers must not exceed config.MAX_WORKERS = {config.MAX_WORKERS})")
+                   "12**(levels-1) workers must not exceed "
+                   f"config.MAX_WORKERS = {config.MAX_WORKERS})")
         return cls.for_workers(FAN_OUT ** (levels - 1))
 
     # ---- role duality ---------------------------------------------------------------------
@@ -106,7 +107,8 @@ class Hierarchy:
         if not sphere.is_worker:
             raise ConfigError(f"cannot spawn from {sphere}: it is already a control sphere; "
                               "spawn from one of the workers (h.workers)")
-        _check_int("k", k, 1, FAN_OUT, f"a sphere has 1 to {FAN_OUT} children; use 1 <= k <= {FAN_OUT}")
+        _check_int("k", k, 1, FAN_OUT,
+                   f"a sphere has 1 to {FAN_OUT} children; use 1 <= k <= {FAN_OUT}")
         total = len(self.workers) - 1 + k
         if total > config.MAX_WORKERS:
             raise ConfigError(f"spawning {k} children would give {total} workers, more than "
@@ -140,7 +142,8 @@ class Hierarchy:
     def _check_member(self, sphere):
         if not isinstance(sphere, Sphere) or not (0 <= sphere.id < len(self.spheres)) \
                 or self.spheres[sphere.id] is not sphere:
-            raise ConfigError(f"{sphere!r} is not a sphere of this hierarchy; pass one of h.spheres")
+            raise ConfigError(f"{sphere!r} is not a sphere of this hierarchy; "
+                              "pass one of h.spheres")
 
     def _renumber(self):
         """Breadth-first ids, levels and groups; worker_index = rank of the old worker_index
@@ -173,7 +176,7 @@ class Hierarchy:
         return len(self.workers)
 
     def levels_deepest_first(self) -> list[list[Sphere]]:
-        """Control spheres grouped by level, deepest first, [Node Zero] last: the reduction order."""
+        """Control spheres by level, deepest first, [Node Zero] last: the reduction order."""
         by_level: dict[int, list[Sphere]] = {}
         for s in self.controls:
             by_level.setdefault(s.level, []).append(s)
@@ -208,7 +211,8 @@ class Hierarchy:
         for level in range(self.depth + 1):
             parts = [f"{per_level[level, role]} {role}" for role in ("control", "worker")
                      if per_level[level, role]]
-            lines.append(f"  level {level}: " + ", ".join(parts) + (" (Node Zero)" if level == 0 else ""))
+            note = " (Node Zero)" if level == 0 else ""
+            lines.append(f"  level {level}: " + ", ".join(parts) + note)
         groups = Counter(w.group for w in self.workers)
         lines.append("  workers per group: " + " ".join(f"{g}:{groups[g]}" for g in sorted(groups)))
         return "\n".join(lines)

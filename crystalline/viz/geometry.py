@@ -132,8 +132,8 @@ def draw_kissing(ax=None, highlight_groups=None, colors=None) -> Figure:
         polys.append(faces)
         facecolors.append(face_rgba)
     # One collection so faces of different spheres are depth-sorted against each other.
-    ax.add_collection3d(Poly3DCollection(np.concatenate(polys), facecolors=np.concatenate(facecolors),
-                                         edgecolors="none", linewidths=0))
+    ax.add_collection3d(Poly3DCollection(np.concatenate(polys), edgecolors="none", linewidths=0,
+                                         facecolors=np.concatenate(facecolors)))
     elev, azim = 32, -45        # near the 3-fold axis: every sphere shows a part
     outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     for g, point in enumerate(_label_points(centres, _view_vector(elev, azim))):

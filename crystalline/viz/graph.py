@@ -75,7 +75,8 @@ def _values_by_id(h: Hierarchy, values, color_by: str) -> dict[int, float]:
             raise ConfigError(f"values has {len(array)} entries but the hierarchy has {len(h)} "
                               "spheres; pass one per sphere id or a dict {sphere id: value}")
         values = dict(enumerate(array))
-    unknown = sorted(k for k in values if not (isinstance(k, (int, np.integer)) and 0 <= k < len(h)))
+    unknown = sorted((k for k in values
+                      if not (isinstance(k, (int, np.integer)) and 0 <= k < len(h))), key=str)
     if unknown:
         raise ConfigError(f"values has keys {unknown[:5]} that are not sphere ids 0..{len(h) - 1}")
     return {int(k): float(v) for k, v in values.items() if np.isfinite(v)}
@@ -179,7 +180,8 @@ def draw_hierarchy(h: Hierarchy, ax=None, color_by: str = "group", values=None,
         fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.7, pad=0.02, label=bar_label)
     handles = [Line2D([], [], linestyle="", marker=MARKERS[k], markersize=ms, color="#bbbbbb",
                       markeredgecolor="#333333", label=name)
-               for k, ms, name in (("node zero", 14, "Node Zero"), ("control", 10, "control sphere"),
+               for k, ms, name in (("node zero", 14, "Node Zero"),
+                                   ("control", 10, "control sphere"),
                                    ("worker", 8, "worker sphere"))]
     if color_by == "role":
         handles[1].set_color(ROLE_COLORS["control"])
