@@ -156,6 +156,7 @@ def test_a_crash_mid_write_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
     atomic_write_bytes(tmp_path / "x.bin", b"whole")
     assert (tmp_path / "x.bin").read_bytes() == b"whole"
+    assert (tmp_path / "x.bin").stat().st_mode & 0o777 == 0o666 & ~cache._UMASK   # not mkstemp's 0600
 
 
 def test_unwritable_cache_warns_and_still_returns_tokens(tmp_path, monkeypatch):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+_UMASK = os.umask(0o022)   # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 CACHE_FORMAT = b"crystalline-tokens-v1\0"
 VOCAB_FORMAT = b"crystalline-word-vocab-v1\0"
 
@@ -41,6 +43,7 @@ def atomic_write(path: str | Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
