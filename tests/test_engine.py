@@ -174,8 +174,8 @@ def test_stop_at_random_moments_never_half_applies(shakespeare):
         snapshots = {}
         original_update = tr._update
 
-        def update(grad, scale):
-            result = original_update(grad, scale)
+        def update(grad, loss_sum):
+            result = original_update(grad, loss_sum)
             snapshots[tr.steps_done] = tr.model.params.copy()
             return result
 

@@ -1,12 +1,13 @@
 """The running sphere threads of one hierarchy: Point A, parallel compute, Point B, tree reduction.
 
-    tree = SphereTree(hierarchy, model, batch_size, stats, update=fn, sync="lock_free")
+    tree = SphereTree(hierarchy, model, (first, count), stats, update=fn, sync="lock_free")
     outcome = tree.run(Job("train", step, batches))    # called by the trainer, any thread
     tree.close()
 
 One OS thread per sphere, started once and kept across steps. Node Zero's thread takes jobs
 from a queue, hands each worker its micro-batch, meets everyone at Point A and Point B, waits
-for its control children, adds their results, scales and calls `update(grad)` (the optimizer).
+for its control children, adds their results and calls `update(grad, loss_sum)` (the
+optimizer, given the summed gradient and the summed token losses of this tree's sequences).
 It never runs forward or backward. Workers compute into their own workspace and their own row
 of `grads`; controls reduce in place (see reduce.py). No lock is taken anywhere on the compute
 path unless sync="model_lock", the predecessor's global lock kept as a baseline.
@@ -41,23 +42,30 @@ class Job:
 
 @dataclass
 class Outcome:
-    loss: float = float("nan")             # mean loss over the global batch
-    tokens: int = 0
-    update: object = None                  # what update(grad) returned (train jobs)
+    loss_sum: float = float("nan")         # summed token losses of the tree's sequences
+    tokens: int = 0                        # tokens in the tree's sequences
+    update: object = None                  # what update(grad, loss_sum) returned (train jobs)
     timings: dict = field(default_factory=dict)
     failure: tuple | None = None           # (sphere, exception) if a sphere raised
     aborted: bool = False                  # stopped from outside before the update
 
 
 class SphereTree:
-    """Threads, barriers, workspaces and gradient segments for one hierarchy and batch size."""
+    """Threads, barriers, workspaces and gradient segments for one hierarchy.
 
-    def __init__(self, hierarchy, model, batch_size: int, stats, update, sync: str = "lock_free"):
+    sequences: (first, count): this tree computes sequences [first, first + count) of each
+    step's global batch (all of it in one process; a rank's share under MPI).
+    """
+
+    def __init__(self, hierarchy, model, sequences: tuple[int, int], stats, update,
+                 sync: str = "lock_free"):
         T = model.config.block_size
+        first, count = sequences
         self.hierarchy, self.model, self.stats, self.update = hierarchy, model, stats, update
-        self.tokens_per_step = batch_size * T
+        self.tokens_per_step = count * T
         n_workers = len(hierarchy.workers)
-        self.starts, self.counts = split_batch(batch_size, n_workers)
+        self.starts, self.counts = split_batch(count, n_workers)
+        self.starts += first
         self.plan, self.root_row = reduction_plan(hierarchy, self.counts)
         self.plan = {cid: (target, np.array(sources, dtype=np.int64))
                      for cid, (target, sources) in self.plan.items()}
@@ -247,16 +255,16 @@ class SphereTree:
         t2 = time.perf_counter()
         self.barrier_b.wait()
         t3 = time.perf_counter()
-        loss = float(self.loss_sums.sum()) / self.tokens_per_step
+        loss_sum = float(self.loss_sums.sum())
         result = None
         if job.kind == "train":
             if not self._reduce(self.hierarchy.node_zero, done, n_control_children):
                 return Outcome(failure=self.failure, aborted=True)
-            grad = self.grads[self.root_row]
+            grad = self.grads[self.root_row] if self.root_row >= 0 else np.zeros_like(self.model.params)
             t4 = time.perf_counter()
             if self.aborted:
                 return Outcome(failure=self.failure, aborted=True)
-            result = self.update(grad, 1.0 / self.tokens_per_step)
+            result = self.update(grad, loss_sum)
         else:
             t4 = t3
         t5 = time.perf_counter()
@@ -266,7 +274,7 @@ class SphereTree:
         row[FIELD["updated"]] = time.time()
         timings = {"hand_out": t1 - t0, "parallel": t3 - t1, "reduce": t4 - t3, "update": t5 - t4,
                    "total": t5 - t0}
-        return Outcome(loss=loss, tokens=self.tokens_per_step, update=result, timings=timings)
+        return Outcome(loss_sum=loss_sum, tokens=self.tokens_per_step, update=result, timings=timings)
 
     def _record_bytes(self) -> None:
         """Bytes each sphere owns: workers their workspace, segment and batch; Node Zero the rest."""

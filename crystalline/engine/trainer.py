@@ -124,7 +124,7 @@ class Trainer:
         if self._tree is None or not self._tree.alive:
             self._close_tree()
             self._blas_limit = threadpool_limits(limits=1)   # parallelism comes from the spheres
-            self._tree = SphereTree(self.hierarchy, self.model, self.train_cfg.batch_size, self.stats,
+            self._tree = SphereTree(self.hierarchy, self.model, self._sequences(), self.stats,
                                     self._update, self.sync)
             self.stats.row(self.hierarchy.node_zero.id)[FIELD["bytes"]] = \
                 self.model.params.nbytes + self.optimizer.nbytes
@@ -138,14 +138,28 @@ class Trainer:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
 
-    def _update(self, grad: np.ndarray, scale: float):
+    # Scale-out hooks (crystalline.distributed overrides them): which sequences of each global
+    # batch this process computes, and how its sums combine with other processes' sums.
+    def _sequences(self) -> tuple[int, int]:
+        return 0, self.train_cfg.batch_size
+
+    def _combine(self, grad: np.ndarray | None, loss_sum: float) -> float:
+        """Add other processes' gradient (in place) and loss sums; here there are none."""
+        return loss_sum
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train_cfg.batch_size * self.model_cfg.block_size
+
+    def _update(self, grad: np.ndarray, loss_sum: float):
         """Node Zero, after the reduction: mean-loss gradient, clip, AdamW, count the step."""
-        scale_(grad, scale)
+        loss_sum = self._combine(grad, loss_sum)
+        scale_(grad, 1.0 / self.tokens_per_step)
         norm, applied = self.optimizer.update(grad, self.steps_done)
         self.steps_done += 1
         self.skipped_steps += not applied
         self.stats.step = self.steps_done
-        return norm, applied
+        return loss_sum / self.tokens_per_step, norm, applied
 
     def _run_job(self, job: Job):
         outcome = self._ensure_tree().run(job)
@@ -168,10 +182,10 @@ class Trainer:
             step = self.steps_done
             lr = learning_rate(step, self.train_cfg)
             outcome = self._run_job(Job("train", step, self.batches))
-            norm, applied = outcome.update
+            loss, norm, applied = outcome.update
             seconds = outcome.timings["total"]
-            result = StepResult(step=step, loss=outcome.loss, tokens=outcome.tokens, seconds=seconds,
-                                tokens_per_s=outcome.tokens / seconds, lr=lr, grad_norm=norm,
+            result = StepResult(step=step, loss=loss, tokens=self.tokens_per_step, seconds=seconds,
+                                tokens_per_s=self.tokens_per_step / seconds, lr=lr, grad_norm=norm,
                                 skipped=not applied, timings=outcome.timings)
             self._record(result)
             return result
@@ -183,8 +197,9 @@ class Trainer:
                                 "use a longer corpus or a smaller block_size")
         n = batches or self.train_cfg.eval_batches
         with self._step_lock:
-            losses = [self._run_job(Job("eval", k, self.val_batches)).loss for k in range(n)]
-        return float(np.mean(losses))
+            sums = [self._combine(None, self._run_job(Job("eval", k, self.val_batches)).loss_sum)
+                    for k in range(n)]
+        return float(np.sum(sums)) / (n * self.tokens_per_step)
 
     def _record(self, r: StepResult) -> None:
         snap = self.stats.snapshot()
