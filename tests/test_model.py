@@ -215,3 +215,14 @@ def test_bad_targets_and_buffers():
     model.forward_into(ws, x[:1], y[:1])
     with pytest.raises(ConfigError, match="grad_row"):
         model.backward_into(ws, np.zeros(model.params.size, np.float64))
+
+
+def test_workspace_views_share_memory_for_partial_batches():
+    """Every activation view of a smaller batch or shorter sequence is a view, never a copy."""
+    model = GPT(TINY, seed=0)
+    ws = model.workspace(4)
+    for B, T in ((4, 32), (3, 32), (1, 7)):
+        s = ws.shaped(TINY, B, T)
+        for name, arr in s.items():
+            for part in (arr if isinstance(arr, list) else [arr]):
+                assert np.shares_memory(part, ws.buffer), (B, T, name)

@@ -58,7 +58,8 @@ class Workspace:
         if key not in self._shaped:
             a, N, L, NH = self.a, B * T, cfg.n_layer, cfg.n_head
             s = {name: (arr[:, :N] if name in _PER_LAYER else arr[:N]) for name, arr in a.items()}
-            s["att"] = a["att"][:, :B * NH * T * T].reshape(L, B, NH, T, T)
+            # per layer: a contiguous prefix reshaped (reshaping the (L, :) slice would copy)
+            s["att"] = [a["att"][l, :B * NH * T * T].reshape(B, NH, T, T) for l in range(L)]
             s["datt"] = a["datt"][:T * T].reshape(T, T)
             self._shaped[key] = s
         return self._shaped[key]

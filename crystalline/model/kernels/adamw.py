@@ -7,7 +7,7 @@ from numba import njit
 from crystalline.config import FASTMATH
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def adamw_step(params, grads, m, v, decay_mask, lr, beta1, beta2, eps, weight_decay, t):
     """One step t >= 1: m, v moments; p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * mask * p)."""
     bc1 = 1.0 - beta1 ** t

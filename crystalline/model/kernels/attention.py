@@ -10,7 +10,7 @@ from crystalline.config import FASTMATH
 from crystalline.model.kernels.blas import N_, T_, gemm
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def attention_forward(out, att, qkv, B, T, C, NH):
     hs = C // NH
     C3 = 3 * C
@@ -42,7 +42,7 @@ def attention_forward(out, att, qkv, B, T, C, NH):
                  out, b * T * C + h * hs, C)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH):
     """Accumulate into dqkv (N, 3C). datt: (T, T) scratch. dout: (N, C)."""
     hs = C // NH

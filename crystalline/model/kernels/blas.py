@@ -55,7 +55,7 @@ def _slot(typingctx, value):
     return types.CPointer(types.float32)(value), codegen
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def gemm(transa, transb, M, N, K, alpha, A, a_off, lda, B, b_off, ldb, beta, Cm, c_off, ldc):
     """Row-major Cm (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * Cm. trans: N_ or T_."""
     if M == 0 or N == 0:

@@ -9,7 +9,7 @@ from numba import njit
 from crystalline.config import FASTMATH
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def grad_norm(grads):
     # four float64 partial sums in a fixed order: deterministic, and shorter dependency chains
     s0 = s1 = s2 = s3 = 0.0
@@ -28,7 +28,7 @@ def grad_norm(grads):
     return math.sqrt((s0 + s1) + (s2 + s3))
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def scale_(grads, factor):
     for i in range(grads.shape[0]):
         grads[i] *= factor

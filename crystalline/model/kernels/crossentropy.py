@@ -7,7 +7,7 @@ from numba import njit
 from crystalline.config import FASTMATH
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def crossentropy_forward(probs, losses, logits, targets, N, V):
     """probs = softmax(logits) row-wise; losses[n] = -log probs[n, targets[n]]; returns their sum
     (float64)."""
@@ -32,7 +32,7 @@ def crossentropy_forward(probs, losses, logits, targets, N, V):
     return total
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def crossentropy_backward(dlogits, probs, targets, dloss, N, V):
     """Accumulate the gradient of dloss * sum(losses): dlogits += dloss * (probs - onehot)."""
     for n in range(N):

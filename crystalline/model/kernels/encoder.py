@@ -5,7 +5,7 @@ from numba import njit
 from crystalline.config import FASTMATH
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def encoder_forward(out, inp, wte, wpe, B, T, C):
     """out[b*T + t] = wte[inp[b, t]] + wpe[t]."""
     for b in range(B):
@@ -16,7 +16,7 @@ def encoder_forward(out, inp, wte, wpe, B, T, C):
                 out[n, c] = wte[ix, c] + wpe[t, c]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def encoder_backward(dwte, dwpe, dout, inp, B, T, C):
     """Accumulate dout into the rows of dwte and dwpe that the forward read."""
     for b in range(B):

@@ -14,7 +14,7 @@ from crystalline.config import FASTMATH
 GELU_K = math.sqrt(2.0 / math.pi)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def tanh_rational(x):
     x = min(max(x, -7.90531110763549805), 7.90531110763549805)
     x2 = x * x
@@ -30,14 +30,14 @@ def tanh_rational(x):
     return x * p / q
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def gelu_forward(out, inp, n):
     for i in range(n):
         x = inp[i]
         out[i] = 0.5 * x * (1.0 + tanh_rational(GELU_K * (x + 0.044715 * x * x * x)))
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def gelu_backward(dinp, inp, dout, n):
     """Accumulate dinp += gelu'(inp) * dout."""
     for i in range(n):

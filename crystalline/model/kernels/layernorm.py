@@ -9,7 +9,7 @@ from crystalline.config import FASTMATH
 EPS = 1e-5
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def layernorm_forward(out, mean, rstd, inp, weight, bias, N, C):
     for n in range(N):
         x = inp[n]
@@ -29,7 +29,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, N, C):
         rstd[n] = r
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C):
     """Accumulate into dinp, dweight, dbias (llm.c layernorm_backward)."""
     for n in range(N):

@@ -8,7 +8,7 @@ from crystalline.config import FASTMATH
 from crystalline.model.kernels.blas import N_, T_, gemm
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def matmul_forward(out, inp, weight, bias, N, C, OC):
     if bias.shape[0] == 0:
         gemm(N_, T_, N, OC, C, 1.0, inp, 0, C, weight, 0, C, 0.0, out, 0, OC)
@@ -19,7 +19,7 @@ def matmul_forward(out, inp, weight, bias, N, C, OC):
     gemm(N_, T_, N, OC, C, 1.0, inp, 0, C, weight, 0, C, 1.0, out, 0, OC)
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC):
     """Accumulate dinp += dout @ weight, dweight += dout.T @ inp, dbias += column sums of dout."""
     gemm(N_, N_, N, C, OC, 1.0, dout, 0, OC, weight, 0, C, 1.0, dinp, 0, C)

@@ -9,13 +9,13 @@ from numba import njit
 from crystalline.config import FASTMATH
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def residual_forward(out, inp1, inp2, n):
     for i in range(n):
         out[i] = inp1[i] + inp2[i]
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def residual_backward(dinp1, dinp2, dout, n):
     for i in range(n):
         dinp1[i] += dout[i]
