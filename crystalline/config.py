@@ -155,8 +155,8 @@ def load_toml(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
     if unknown:
         raise ConfigError(f"config file {path}: unknown table(s) {unknown}; "
                           "use [model], [train] and an optional preset = \"name\"")
-    model_cfg, train_cfg = preset(doc["preset"]) if "preset" in doc else (ModelConfig(), TrainConfig())
     try:
+        model_cfg, train_cfg = preset(doc["preset"]) if "preset" in doc else (ModelConfig(), TrainConfig())
         model_cfg = model_cfg.replace(**doc.get("model", {}))
         train_cfg = train_cfg.replace(**doc.get("train", {}))
     except ConfigError as e:
