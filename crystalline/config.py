@@ -155,6 +155,9 @@ def load_toml(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
     if unknown:
         raise ConfigError(f"config file {path}: unknown table(s) {unknown}; "
                           "use [model], [train] and an optional preset = \"name\"")
+    for table in ("model", "train"):
+        if not isinstance(doc.get(table, {}), dict):
+            raise ConfigError(f"config file {path}: `{table}` must be a [{table}] table of fields")
     try:
         model_cfg, train_cfg = preset(doc["preset"]) if "preset" in doc else (ModelConfig(), TrainConfig())
         model_cfg = model_cfg.replace(**doc.get("model", {}))

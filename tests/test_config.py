@@ -73,6 +73,7 @@ def test_toml_round_trip_and_preset_base(tmp_path):
     ("[optimizer]\nlr = 1\n", "unknown table"),
     ('preset = "huge"\n', "unknown preset"),
     ("[model\n", "not valid TOML"),
+    ("model = 3\n", "must be a \\[model\\] table"),
 ])
 def test_bad_config_files(tmp_path, text, message):
     path = tmp_path / "bad.toml"
