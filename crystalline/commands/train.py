@@ -95,18 +95,10 @@ def run(args) -> int:
 
 
 def _train(trainer, steps, args, metrics, ckpt) -> None:
-    from tqdm.auto import tqdm
-    with tqdm(total=steps, disable=args.no_progress, unit="step", dynamic_ncols=True) as bar:
-        for _ in range(steps):
-            trainer.run(1, progress=False)
-            record = trainer.history[-1]
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{record['tokens_per_s']:,.0f}",
-                       "slowest group": trainer.slowest_group()}
-            if "val_loss" in record:
-                postfix["val"] = f"{record['val_loss']:.3f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-            if trainer.steps_done % args.ckpt_interval == 0:
-                trainer.save(ckpt)
+    def after_step(record):
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+        if trainer.steps_done % args.ckpt_interval == 0:
+            trainer.save(ckpt)
+
+    trainer.run(steps, progress=not args.no_progress, on_step=after_step)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from crystalline.engine.reduce import reduce_rows, reduction_plan, split_batch
-from crystalline.engine.stats import FIELD
+from crystalline.engine.stats import FIELD, PHASES, set_phase
 
 SYNC_MODES = ("lock_free", "model_lock")
 THREAD_STACK_BYTES = 1 << 20
@@ -100,12 +100,35 @@ class SphereTree:
             threading.stack_size(previous)
 
     # ----------------------------------------------------------------- caller side
-    def run(self, job: Job) -> Outcome:
-        """Run one job through the tree and wait for Node Zero's outcome."""
+    def run(self, job: Job, stall_after: float = float("inf"), on_stall=None) -> Outcome:
+        """Run one job through the tree and wait for Node Zero's outcome.
+
+        If it takes longer than `stall_after` seconds, `on_stall(self.stall_report(), seconds)`
+        is called (from this thread, again every `stall_after` seconds) while waiting goes on.
+        """
         if not self.alive:
             return Outcome(failure=self.failure, aborted=self.aborted)
         self._requests.put(job)
-        return self._outcomes.get()
+        started = time.perf_counter()
+        while True:
+            try:
+                return self._outcomes.get(timeout=min(stall_after, 3600.0))
+            except queue.Empty:
+                if on_stall is not None:
+                    on_stall(self.stall_report(), time.perf_counter() - started)
+
+    def stall_report(self) -> list[dict]:
+        """Spheres holding up the step: workers not yet at Point B, controls still reducing."""
+        now, report = time.time(), []
+        values = self.stats.values
+        for s in self.hierarchy.spheres:
+            phase = PHASES[int(values[s.id, FIELD["phase"]])]
+            if phase in ("computing", "reducing"):
+                report.append({"sphere": s.id, "role": "node_zero" if s.is_node_zero else s.role,
+                               "worker": s.worker_index, "group": s.group, "phase": phase,
+                               "not_arrived_at": "B" if phase == "computing" else "the reduction's end",
+                               "seconds": now - values[s.id, FIELD["phase_since"]]})
+        return report
 
     @property
     def alive(self) -> bool:
@@ -155,12 +178,14 @@ class SphereTree:
         x, y, grad = self.inputs[w], self.targets[w], self.grads[w]
         tokens = count * self.model.config.block_size
         while True:
+            set_phase(row, "at_a")
             t0 = time.perf_counter()
             self.barrier_a.wait()
             t1 = time.perf_counter()
             job = self.job
             if job.kind == "exit":
                 return
+            set_phase(row, "computing")
             if count:
                 if self.model_lock is not None:
                     with self.model_lock:
@@ -175,6 +200,7 @@ class SphereTree:
             row[FIELD["loss"]] = self.loss_sums[w] / tokens if count else np.nan
             row[FIELD["compute_s"]] += t2 - t1
             row[FIELD["wait_a_s"]] += t1 - t0
+            set_phase(row, "at_b")
             self.barrier_b.wait()
             t3 = time.perf_counter()
             row[FIELD["wait_b_s"]] += t3 - t2
@@ -194,14 +220,17 @@ class SphereTree:
         parent_done = self.children_done[sphere.parent.id]
         n_control_children = sum(c.role == "control" for c in sphere.children)
         while True:
+            set_phase(row, "at_a")
             t0 = time.perf_counter()
             self.barrier_a.wait()
             t1 = time.perf_counter()
             job = self.job
             if job.kind == "exit":
                 return
+            set_phase(row, "at_b")
             self.barrier_b.wait()
             t2 = time.perf_counter()
+            set_phase(row, "reducing")
             if job.kind == "train":
                 if not self._reduce(sphere, done, n_control_children):
                     return
@@ -245,16 +274,20 @@ class SphereTree:
                 return
 
     def _node_zero_step(self, job, row, done, n_control_children) -> Outcome:
+        set_phase(row, "reducing")
         t0 = time.perf_counter()
         for w, (start, count) in enumerate(zip(self.starts, self.counts)):
             if count:
                 job.batches.fill(job.step, int(start), int(count), self.inputs[w], self.targets[w])
         self.job = job
         t1 = time.perf_counter()
+        set_phase(row, "at_a")
         self.barrier_a.wait()
         t2 = time.perf_counter()
+        set_phase(row, "at_b")
         self.barrier_b.wait()
         t3 = time.perf_counter()
+        set_phase(row, "reducing")
         loss_sum = float(self.loss_sums.sum())
         result = None
         if job.kind == "train":
@@ -268,6 +301,7 @@ class SphereTree:
         else:
             t4 = t3
         t5 = time.perf_counter()
+        set_phase(row, "idle")
         row[FIELD["wait_a_s"]] += t2 - t1
         row[FIELD["wait_b_s"]] += t3 - t2
         row[FIELD["reduce_s"]] += (t1 - t0) + (t5 - t3)

@@ -31,8 +31,17 @@ FIELDS = (
     "last_tokens",     # tokens of its last step
     "tokens_per_s",    # last step's tokens over its cycle (wait A + compute + wait B)
     "updated",         # time.time() of the last write
+    "phase",           # index into PHASES: where the sphere is in the step right now
+    "phase_since",     # time.time() when it entered that phase
 )
 FIELD = {name: i for i, name in enumerate(FIELDS)}
+PHASES = ("idle", "at_a", "computing", "at_b", "reducing")
+
+
+def set_phase(row: np.ndarray, phase: str) -> None:
+    """Record that the sphere owning `row` entered `phase` (the watchdog reads it)."""
+    row[FIELD["phase"]] = PHASES.index(phase)
+    row[FIELD["phase_since"]] = time.time()
 
 
 class SphereStats:
@@ -47,7 +56,7 @@ class SphereStats:
         self.parent = np.array([-1 if s.parent is None else s.parent.id for s in spheres], dtype=np.int64)
         self.values = np.zeros((len(spheres), len(FIELDS)), dtype=np.float64)
         self.values[:, FIELD["loss"]] = np.nan
-        self.values[:, FIELD["updated"]] = time.time()
+        self.values[:, FIELD["updated"]] = self.values[:, FIELD["phase_since"]] = time.time()
         self.step = 0
 
     def row(self, sphere_id: int) -> np.ndarray:

@@ -14,9 +14,12 @@ reduced gradient is divided once by the global batch's token count on Node Zero.
 
 from __future__ import annotations
 
+import logging
 import os
+import statistics
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,8 @@ from crystalline.model.gpt import GPT
 from crystalline.model.kernels.clip import scale_
 
 VAL_FRACTION = 0.1
+MAX_SKIPPED_IN_A_ROW = 10     # non-finite gradients this many steps running stop the run
+log = logging.getLogger(__name__)
 
 
 class TrainingStopped(TrainingError):
@@ -59,6 +64,13 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
+def _stall_text(stall: dict) -> str:
+    first = stall["spheres"][0] if stall["spheres"] else None
+    who = (f"sphere {first['sphere']} ({first['role']}, group {first['group']}) not at "
+           f"{first['not_arrived_at']}" if first else "waiting")
+    return f"STALLED {stall['seconds']:.0f}s at step {stall['step']}: {who}"
+
+
 class Trainer:
     """Data-parallel training of one GPT over a hierarchy of sphere threads."""
 
@@ -75,6 +87,13 @@ class Trainer:
         self.optimizer = AdamW(self.model, train_cfg)
         self.steps_done = 0
         self.skipped_steps = 0
+        self._skipped_in_a_row = 0
+        # Watchdog: a step running longer than max(factor x recent median, min seconds) is
+        # reported in `self.stall` (which sphere has not arrived at which barrier).
+        self.watchdog_factor, self.watchdog_min_s = 10.0, 10.0
+        self.stall: dict | None = None
+        self.on_stall = None            # optional callable(stall dict), e.g. a progress bar's
+        self._recent_seconds: deque[float] = deque(maxlen=20)
         train_tokens, val_tokens = self.corpus.split(VAL_FRACTION)
         T, B = model_cfg.block_size, train_cfg.batch_size
         self.batches = Batches(train_tokens, T, B, train_cfg.seed)
@@ -158,11 +177,26 @@ class Trainer:
         norm, applied = self.optimizer.update(grad, self.steps_done)
         self.steps_done += 1
         self.skipped_steps += not applied
+        self._skipped_in_a_row = 0 if applied else self._skipped_in_a_row + 1
         self.stats.step = self.steps_done
         return loss_sum / self.tokens_per_step, norm, applied
 
+    def _stall_after(self) -> float:
+        if not self._recent_seconds:
+            return max(self.watchdog_min_s, 60.0)       # the first step includes compilation
+        return max(self.watchdog_min_s, self.watchdog_factor * statistics.median(self._recent_seconds))
+
+    def _report_stall(self, report: list[dict], seconds: float) -> None:
+        self.stall = {"step": self.steps_done, "seconds": seconds, "spheres": report}
+        holding = ", ".join(f"sphere {r['sphere']} ({r['role']} {r['worker']}, group {r['group']}) "
+                            f"not at {r['not_arrived_at']}" for r in report[:5]) or "no sphere"
+        log.warning("step %d has run %.1f s: waiting for %s", self.steps_done, seconds, holding)
+        if self.on_stall is not None:
+            self.on_stall(self.stall)
+
     def _run_job(self, job: Job):
-        outcome = self._ensure_tree().run(job)
+        outcome = self._ensure_tree().run(job, self._stall_after(), self._report_stall)
+        self.stall = None
         if outcome.failure is not None:
             sphere, exc = outcome.failure
             self._close_tree()
@@ -188,6 +222,11 @@ class Trainer:
                                 tokens_per_s=self.tokens_per_step / seconds, lr=lr, grad_norm=norm,
                                 skipped=not applied, timings=outcome.timings)
             self._record(result)
+            self._recent_seconds.append(seconds)
+            if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise TrainingError(f"the gradient was not finite for {self._skipped_in_a_row} steps "
+                                    f"in a row (up to step {step}); no update was applied. Lower the "
+                                    "learning rate or check the data")
             return result
 
     def evaluate(self, batches: int | None = None) -> float:
@@ -210,20 +249,32 @@ class Trainer:
             "workers": self.workers, "group_tokens_per_s": group_tokens_per_s(snap).tolist(),
         })
 
-    def run(self, steps: int, progress: bool = True) -> list[StepResult]:
-        """Run `steps` steps (validating every eval_interval) with an optional tqdm bar."""
+    def run(self, steps: int, progress: bool = True, on_step=None) -> list[StepResult]:
+        """Run `steps` steps (validating every eval_interval) with an optional tqdm bar.
+
+        on_step: optional callable(history record), called after each step (and its validation).
+        A stalled step shows on the bar which sphere has not arrived at which barrier.
+        """
         from tqdm.auto import tqdm
-        results = []
+        results, previous = [], self.on_stall
         with tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
-            for _ in range(steps):
-                r = self.step()
-                results.append(r)
-                postfix = {"loss": f"{r.loss:.3f}", "tok/s": f"{r.tokens_per_s:,.0f}",
-                           "slowest group": self.slowest_group()}
-                if self._eval_due():
-                    postfix["val"] = f"{self._evaluate_into_history():.3f}"
-                bar.set_postfix(postfix, refresh=False)
-                bar.update(1)
+            self.on_stall = lambda stall: bar.set_postfix_str(_stall_text(stall))
+            try:
+                for _ in range(steps):
+                    results.append(self.step())
+                    if self._eval_due():
+                        self._evaluate_into_history()
+                    record = self.history[-1]
+                    postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{record['tokens_per_s']:,.0f}",
+                               "slowest group": self.slowest_group()}
+                    if "val_loss" in record:
+                        postfix["val"] = f"{record['val_loss']:.3f}"
+                    bar.set_postfix(postfix, refresh=False)
+                    bar.update(1)
+                    if on_step is not None:
+                        on_step(record)
+            finally:
+                self.on_stall = previous
         return results
 
     def _eval_due(self) -> bool:
