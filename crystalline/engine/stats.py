@@ -86,7 +86,7 @@ def group_tokens_per_s(snap: dict) -> np.ndarray:
 class History:
     """A bounded ring of per-step records (dicts); `since(cursor)` reads only what is new."""
 
-    def __init__(self, maxlen: int = 100_000):
+    def __init__(self, maxlen: int = 20_000):
         self._records: deque[dict] = deque(maxlen=maxlen)
         self._total = 0
         self._lock = threading.Lock()
