@@ -198,9 +198,9 @@ class DistributedTrainer(Trainer):
             self.check_sync()
         return result
 
-    def run(self, steps: int, progress: bool = True):
+    def run(self, steps: int, progress: bool = True, **kw):
         """As Trainer.run; only rank 0 shows a progress bar. Every rank must call it."""
-        return super().run(steps, progress=progress and self.is_root)
+        return super().run(steps, progress=progress and self.is_root, **kw)
 
     def save(self, path) -> Path:
         """Rank 0 writes the checkpoint (the ranks are identical); the others return the path."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ckpt-interval", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--resume", type=Path, help="continue from this checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="split each batch over the MPI ranks: mpiexec -n R crystalline train --distributed")
     p.set_defaults(func=run)
 
 
@@ -54,6 +57,8 @@ def _configs(args):
 def _make_trainer(args):
     from crystalline.data.corpus import bundled_corpus
     from crystalline.engine.trainer import Trainer
+    if args.distributed:
+        from crystalline.distributed import DistributedTrainer as Trainer
     if args.resume:
         return Trainer.load(args.resume, corpus=args.data, workers=args.workers, sync=args.sync)
     model_cfg, train_cfg = _configs(args)
@@ -63,6 +68,14 @@ def _make_trainer(args):
 
 
 def run(args) -> int:
+    if not args.distributed:
+        return _run(args)
+    from crystalline.distributed import abort_on_error
+    with abort_on_error():      # a rank that raises ends every rank, never a hang
+        return _run(args)
+
+
+def _run(args) -> int:
     from crystalline.config import save_toml
     from crystalline.errors import ConfigError
     if args.steps is not None and args.steps <= 0:
@@ -70,16 +83,18 @@ def run(args) -> int:
     if args.ckpt_interval <= 0:
         raise ConfigError(f"--ckpt-interval {args.ckpt_interval} is invalid: use a positive number")
     trainer = _make_trainer(args)
+    root = getattr(trainer, "is_root", True)   # under MPI only rank 0 prints and writes files
     steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
     run_dir = args.run_dir or (args.resume.parent if args.resume else
                                Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_toml(run_dir / "config.toml", trainer.model_cfg, trainer.train_cfg)
     ckpt = run_dir / "checkpoint.safetensors"
-    print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
-          f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
+    if root:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_toml(run_dir / "config.toml", trainer.model_cfg, trainer.train_cfg)
+        print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
+              f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
     interrupted = False
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+    with open(run_dir / "metrics.jsonl" if root else os.devnull, "a", encoding="utf-8") as metrics:
         try:
             _train(trainer, steps, args, metrics, ckpt)
         except KeyboardInterrupt:
@@ -89,8 +104,9 @@ def run(args) -> int:
             trainer.save(ckpt)
     last = trainer.history[-1] if len(trainer.history) else {}
     state = "interrupted" if interrupted else "done"
-    print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}; "
-          f"checkpoint {ckpt}")
+    if root:
+        print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}; "
+              f"checkpoint {ckpt}")
     return EXIT_INTERRUPTED if interrupted else 0
 
 
