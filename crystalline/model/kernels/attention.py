@@ -1,6 +1,8 @@
 """Causal multi-head self-attention on the packed qkv (N, 3C) = [q | k | v], heads contiguous
 hs = C // NH column slices. out: (N, C); att: (B, NH, T, T) softmax probabilities (0 above the
-diagonal). Scores and products are per-(b, head) BLAS GEMMs read in place with row stride 3C."""
+diagonal). Per (b, head) the rows are taken in blocks of TILE queries; each block's scores,
+outputs and gradients are BLAS GEMMs over only the keys it may see (about 5/8 of the full T x T
+work at T = 128), reading q, k, v in place with row stride 3C."""
 
 import math
 
@@ -8,6 +10,9 @@ from numba import njit
 
 from crystalline.config import FASTMATH
 from crystalline.model.kernels.blas import N_, T_, gemm
+from crystalline.model.kernels.softmax import exp_nonpos
+
+TILE = 32  # query rows per block
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -19,27 +24,32 @@ def attention_forward(out, att, qkv, B, T, C, NH):
         for h in range(NH):
             q_off = b * T * C3 + h * hs
             a_off = (b * NH + h) * T * T
-            # scores (T, T) = scale * q @ k.T  (upper triangle computed, then masked)
-            gemm(N_, T_, T, T, hs, scale, qkv, q_off, C3, qkv, q_off + C, C3, 0.0, att, a_off, T)
-            for i in range(T):
-                row = att[b, h, i]
-                m = row[0]
-                for j in range(1, i + 1):
-                    if row[j] > m:
-                        m = row[j]
-                s = 0.0
-                for j in range(i + 1):
-                    e = math.exp(row[j] - m)
-                    row[j] = e
-                    s += e
-                inv = 1.0 / s
-                for j in range(i + 1):
-                    row[j] *= inv
-                for j in range(i + 1, T):
-                    row[j] = 0.0
-            # y (T, hs) = att @ v
-            gemm(N_, N_, T, hs, T, 1.0, att, a_off, T, qkv, q_off + 2 * C, C3, 0.0,
-                 out, b * T * C + h * hs, C)
+            for r0 in range(0, T, TILE):
+                r1 = min(r0 + TILE, T)
+                # scores[r0:r1, :r1] = scale * q[r0:r1] @ k[:r1].T
+                gemm(N_, T_, r1 - r0, r1, hs, scale, qkv, q_off + r0 * C3, C3, qkv, q_off + C, C3,
+                     0.0, att, a_off + r0 * T, T)
+                for i in range(r0, r1):
+                    row = att[b, h, i]
+                    m = row[0]
+                    for j in range(1, i + 1):
+                        m = max(m, row[j])
+                    for j in range(i + 1):
+                        row[j] = exp_nonpos(row[j] - m)
+                    s0 = s1 = 0.0
+                    for j in range(0, i, 2):
+                        s0 += row[j]
+                        s1 += row[j + 1]
+                    if i % 2 == 0:
+                        s0 += row[i]
+                    inv = 1.0 / (s0 + s1)
+                    for j in range(i + 1):
+                        row[j] *= inv
+                    for j in range(i + 1, T):
+                        row[j] = 0.0
+                # y[r0:r1] = att[r0:r1, :r1] @ v[:r1]
+                gemm(N_, N_, r1 - r0, hs, r1, 1.0, att, a_off + r0 * T, T, qkv, q_off + 2 * C, C3,
+                     0.0, out, (b * T + r0) * C + h * hs, C)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -55,20 +65,31 @@ def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH):
             v_off = q_off + 2 * C
             y_off = b * T * C + h * hs
             a_off = (b * NH + h) * T * T
-            # datt = dy @ v.T ; dv += att.T @ dy
-            gemm(N_, T_, T, T, hs, 1.0, dout, y_off, C, qkv, v_off, C3, 0.0, datt, 0, T)
-            gemm(T_, N_, T, hs, T, 1.0, att, a_off, T, dout, y_off, C, 1.0, dqkv, v_off, C3)
-            # softmax backward: dscores = att * (datt - sum_j att * datt) * scale
-            for i in range(T):
-                p = att[b, h, i]
-                d = datt[i]
-                s = 0.0
-                for j in range(i + 1):
-                    s += p[j] * d[j]
-                for j in range(i + 1):
-                    d[j] = p[j] * (d[j] - s) * scale
-                for j in range(i + 1, T):
-                    d[j] = 0.0
-            # dq += dscores @ k ; dk += dscores.T @ q
-            gemm(N_, N_, T, hs, T, 1.0, datt, 0, T, qkv, k_off, C3, 1.0, dqkv, q_off, C3)
-            gemm(T_, N_, T, hs, T, 1.0, datt, 0, T, qkv, q_off, C3, 1.0, dqkv, k_off, C3)
+            for r0 in range(0, T, TILE):
+                r1 = min(r0 + TILE, T)
+                rb = r1 - r0
+                # datt[r0:r1, :r1] = dy[r0:r1] @ v[:r1].T ; dv[:r1] += att[r0:r1, :r1].T @ dy[r0:r1]
+                gemm(N_, T_, rb, r1, hs, 1.0, dout, y_off + r0 * C, C, qkv, v_off, C3,
+                     0.0, datt, r0 * T, T)
+                gemm(T_, N_, r1, hs, rb, 1.0, att, a_off + r0 * T, T, dout, y_off + r0 * C, C,
+                     1.0, dqkv, v_off, C3)
+                # softmax backward: dscores = att * (datt - sum_j att * datt) * scale
+                for i in range(r0, r1):
+                    p = att[b, h, i]
+                    d = datt[i]
+                    s0 = s1 = 0.0
+                    for j in range(0, i, 2):
+                        s0 += p[j] * d[j]
+                        s1 += p[j + 1] * d[j + 1]
+                    if i % 2 == 0:
+                        s0 += p[i] * d[i]
+                    s = s0 + s1
+                    for j in range(i + 1):
+                        d[j] = p[j] * (d[j] - s) * scale
+                    for j in range(i + 1, r1):
+                        d[j] = 0.0
+                # dq[r0:r1] += dscores[r0:r1, :r1] @ k[:r1] ; dk[:r1] += dscores[r0:r1, :r1].T @ q[r0:r1]
+                gemm(N_, N_, rb, hs, r1, 1.0, datt, r0 * T, T, qkv, k_off, C3,
+                     1.0, dqkv, q_off + r0 * C3, C3)
+                gemm(T_, N_, r1, hs, rb, 1.0, datt, r0 * T, T, qkv, q_off + r0 * C3, C3,
+                     1.0, dqkv, k_off, C3)

@@ -5,6 +5,7 @@ import math
 from numba import njit
 
 from crystalline.config import FASTMATH
+from crystalline.model.kernels.softmax import exp_nonpos
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -16,13 +17,12 @@ def crossentropy_forward(probs, losses, logits, targets, N, V):
         x, p = logits[n], probs[n]
         m = x[0]
         for v in range(1, V):
-            if x[v] > m:
-                m = x[v]
+            m = max(m, x[v])
+        for v in range(V):
+            p[v] = exp_nonpos(x[v] - m)
         s = 0.0
         for v in range(V):
-            e = math.exp(x[v] - m)
-            p[v] = e
-            s += e
+            s += p[v]
         inv = 1.0 / s
         for v in range(V):
             p[v] *= inv
