@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from crystalline.data.tokenizers import UNK
 from crystalline.errors import ConfigError
 
 
@@ -24,8 +25,7 @@ def sample_text(model, tokenizer, prompt: str, tokens: int, temperature: float =
     ids = tokenizer.encode(prompt)
     if len(ids) == 0:
         raise ConfigError(f"the prompt {prompt!r} encodes to no tokens; give some text")
-    unknown = getattr(tokenizer, "unk_id", None)
-    if unknown is not None and np.all(ids == unknown):
+    if tokenizer.name == "word" and np.all(ids == UNK):
         raise ConfigError(f"every word of the prompt {prompt!r} is outside the word tokenizer's "
                           "vocabulary; use words from the training corpus")
     out = model.generate(np.asarray(ids, dtype=np.int32)[None, :], tokens, temperature=temperature,
