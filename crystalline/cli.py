@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["data", "train", "sample"]
+COMMANDS = ["data", "train", "sample", "figures"]
 
 
 def build_parser() -> argparse.ArgumentParser:
