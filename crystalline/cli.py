@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["data", "train", "sample", "figures"]
+COMMANDS = ["data", "train", "sample", "figures", "lab"]
 
 
 def build_parser() -> argparse.ArgumentParser:
