@@ -43,7 +43,7 @@ from crystalline.errors import ConfigError, CrystallineError, TrainingError
 DEFAULT_TIMEOUT_S = 300.0   # longest wait for the other ranks at any collective (a slow step included)
 DEFAULT_CHECK_EVERY = 50    # steps between parameter checksum comparisons; 0 disables
 SPIN_S = 1e-3               # poll without sleeping this long before backing off
-MAX_SLEEP_S = 1e-3          # the longest sleep between polls once backed off
+MAX_SLEEP_S = 2e-4          # the longest sleep between polls once backed off
 
 
 def _mpi():
