@@ -232,3 +232,21 @@ def test_stop_interrupts_a_direct_step_call(shakespeare):
     stopper.join()
     assert tr.steps_done == 1 and np.array_equal(tr.model.params, params)
     tr.close()
+
+
+def test_blas_runs_single_threaded_while_spheres_run(shakespeare):
+    from threadpoolctl import threadpool_info
+    seen = []
+    with make_trainer(shakespeare, workers=2) as tr:
+        original = tr.model.forward_into
+
+        def forward_into(ws, x, y, params=None):
+            seen.append([(i["filepath"], i["num_threads"]) for i in threadpool_info()
+                         if i["user_api"] == "blas"])
+            return original(ws, x, y, params)
+
+        tr.model.forward_into = forward_into
+        tr.step()
+    libraries = seen[0]
+    assert any("scipy" in path for path, _ in libraries)         # the BLAS Numba's kernels call
+    assert all(n == 1 for calls in seen for _, n in calls), seen
