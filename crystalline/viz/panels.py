@@ -368,8 +368,8 @@ def _sphere_ticks(ax, labels):
 
 
 class TimeSplitPanel(FigurePanel):
-    """Per sphere, where its time went since the previous pull that saw progress: compute, wait
-    at Point A, wait at Point B, reduce, stacked, in milliseconds per step.
+    """Per sphere, where its time went since the previous pull that saw a step complete:
+    compute, wait at Point A, wait at Point B, reduce, stacked, in milliseconds per step.
 
     data: labels, seconds (spheres, 4) = the stats' cumulative columns minus those of the
     previous pull (a new tree, after resize, starts from zero), steps (history records in the
@@ -396,11 +396,11 @@ class TimeSplitPanel(FigurePanel):
             self._baseline = np.zeros_like(now)
             self._steps = 0
         self._steps += len(records)
+        if not self._steps:       # no step completed: keep the last split (and the baseline, so
+            return False          # writes that land after a step count in the next window)
         seconds = now - self._baseline
-        if not np.any(seconds > 0):
-            return False
         self._baseline = now
-        steps, self._steps = max(1, self._steps), 0
+        steps, self._steps = self._steps, 0
         self.data = {"labels": sphere_labels(snapshot), "seconds": seconds, "steps": steps,
                      "ms_per_step": 1e3 * seconds / steps, "order": sphere_order(snapshot)}
         return True
