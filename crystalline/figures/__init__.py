@@ -21,7 +21,7 @@ from crystalline.figures.configs import CONFIGS, FULL, QUICK, SMALL, FigureConfi
 
 FIGURE_NAMES = tuple(FIGURES)
 __all__ = ["FIGURE_NAMES", "FIGURES", "FULL", "QUICK", "SMALL", "FigureConfig", "make_all",
-           "draw_saved", "figure_files"]
+           "draw_saved", "draw_measured", "figure_files", "scaling_configs"]
 
 
 def figure_files(out, name: str) -> dict[str, Path]:
@@ -60,6 +60,19 @@ def draw_saved(out, name: str):
                         "(crystalline figures without --from-data)")
     with figure_style():
         return FIGURES[name].draw(table, provenance)
+
+
+def draw_measured(name: str, measurements: dict, cfg: FigureConfig):
+    """The Figure `name` drawn straight from measurements (as crystalline.figures.measure
+    returns them: {"loss": ..., "scaling": ..., "split": ...}), writing nothing.
+
+        runs = measure.measure_scaling(QUICK, scaling_configs(QUICK, ["throughput"]))
+        fig = draw_measured("throughput", {"scaling": runs}, QUICK)
+    """
+    from crystalline.figures.output import figure_style
+    spec = FIGURES[_check_names([name])[0]]
+    with figure_style():
+        return spec.draw(spec.table(measurements, cfg), {"parameters": spec.parameters(cfg)})
 
 
 def _save_drawn(out, name: str) -> list[Path]:
