@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -102,10 +103,8 @@ def print_estimate(parameters: int, compute_s: float, batch: int) -> None:
             (f"strong scaling: global batch {batch} fixed (compute shrinks as 1/R); "
              "all-reduce ms (share of step)", lambda r: compute_s * 2 / r)):
         print(f"\n{title}\n{head}")
-        limits = {}
-        for r in RANK_COUNTS:
-            if "strong" in title and r > batch:
-                continue
+        limits, shown = {}, [r for r in RANK_COUNTS if "strong" not in title or r <= batch]
+        for r in shown:
             cells = []
             for g in NETWORKS_GBIT:
                 t = allreduce_estimate_s(r, grad_bytes, g)
@@ -115,7 +114,7 @@ def print_estimate(parameters: int, compute_s: float, batch: int) -> None:
                 cells.append(f"{t * 1e3:9.1f} ({share:5.1%})")
             print(f"{r:>6}" + "".join(f"{c:>22}" for c in cells))
         for g in NETWORKS_GBIT:
-            where = f"from R = {limits[g]}" if g in limits else f"not up to R = {max(RANK_COUNTS)}"
+            where = f"from R = {limits[g]}" if g in limits else f"not up to R = {shown[-1]}"
             print(f"  {g} Gbit/s: all-reduce above {1 - EFFICIENCY_FLOOR:.0%} of the step {where}")
     ratio = EFFICIENCY_FLOOR / (1 - EFFICIENCY_FLOOR)
     print(f"\nCompute per step each rank needs for the all-reduce to stay within {1 - EFFICIENCY_FLOOR:.0%} "
@@ -141,6 +140,7 @@ def main() -> None:
         return
 
     runs = {"ranks": [], "threads": []}
+    load_before = os.getloadavg()[0]
     for k in range(args.rounds):
         for mode in (("ranks", "threads") if k % 2 == 0 else ("threads", "ranks")):
             runs[mode].append(run_child(args, mode))
@@ -153,6 +153,10 @@ def main() -> None:
     print(f"{'1 process x 2 workers':<28}{threads['tokens_per_s']:>10,.0f}{threads['step_s'] * 1e3:>10.1f}")
     print(f"{'2 ranks x 1 worker (MPI)':<28}{ranks['tokens_per_s']:>10,.0f}{ranks['step_s'] * 1e3:>10.1f}")
     print(f"ranks / threads: {ranks['tokens_per_s'] / threads['tokens_per_s']:.2f}x")
+    for mode, rs in runs.items():
+        print(f"  {mode} tokens/s by round: " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in rs))
+    print(f"  1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+          f"({os.cpu_count()} CPUs): above the CPU count, other processes share the cores")
     step = ranks["step_s"]
     print(f"\n2-rank step on rank 0: compute {ranks['compute_s'] * 1e3:.1f} ms, waiting for rank 1 "
           f"{ranks['rank_wait_s'] * 1e3:.1f} ms ({ranks['rank_wait_s'] / step:.1%}), all-reduce "

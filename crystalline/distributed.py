@@ -12,8 +12,8 @@ Rank r of R computes a contiguous slice of every global batch (the first B % R r
 sequence more) and splits it over its own workers by the ordinary tree. After its tree's
 reduction, Node Zero all-reduces the reduced gradient (float32, in place) and the loss sum with
 the other ranks, then applies the same AdamW step: one step on R ranks equals one step of one
-thread on the same global batch, to float32 summation-order tolerance (bitwise for 2 ranks,
-where a + b is the only order). Rank 0's parameters and AdamW state are broadcast at start and
+thread on the same global batch, to float32 summation-order tolerance (2 ranks x 1 worker
+equal 1 process x 2 workers bitwise: a + b has one order). Rank 0's parameters and AdamW state are broadcast at start and
 after loading; every `check_every` steps the ranks compare CRC-32s of parameters and moments and
 raise TrainingError, naming the ranks, if any has drifted.
 
