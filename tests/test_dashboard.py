@@ -77,7 +77,7 @@ def test_group_load_shares_sum_to_one_and_colour_by_fair_share(trainer):
     np.testing.assert_allclose(d["tokens_per_s"], expected)
     assert d["slowest"] == trainer.slowest_group()
     for g in range(3):                                  # the bars show what data says
-        assert panel.bars[g].value == pytest.approx(d["share"][g])
+        assert panel.bars[g].value == pytest.approx(min(d["share"][g], 2 / 3))   # full at 2x fair
         assert panel.bars[g].max == pytest.approx(2 / 3)
         assert "tok/s" in panel.values[g].value
     assert "no workers" in panel.values[5].value
@@ -260,7 +260,8 @@ def test_resize_from_the_widget_while_training(trainer, dashboard):
     wait_for(lambda: dashboard.groups.data["active"].sum() == 6, what="six groups in the bars")
     wait_for(lambda: dashboard.time_split.data["labels"][-1] == "w5", what="the new time split")
     wait_for(lambda: dashboard.status.data["workers"] == 6, what="the status line")
-    assert dashboard.groups.data["share"].sum() == pytest.approx(1.0)
+    wait_for(lambda: dashboard.groups.data["share"].sum() == pytest.approx(1.0),
+             what="shares of the new tree")
     dashboard.stop()
     assert trainer.driver_error is None and not dashboard_threads()
 

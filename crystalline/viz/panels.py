@@ -180,6 +180,8 @@ class GroupLoadPanel(Panel):
             self.bars.append(bar)
             self.values.append(value)
             rows.append(widgets.HBox([swatch, bar, value], layout=widgets.Layout(height="24px")))
+        self.data = dict(tokens_per_s=np.zeros(12), share=np.zeros(12), fair_share=1.0,
+                         active=np.zeros(12, dtype=bool), level=["idle"] * 12, slowest=-1)
         self.caption = widgets.HTML("")
         title = widgets.HTML("<div style='font-size:14px;font-weight:bold;color:#333'>Load per "
                              "symmetry group</div><div style='color:#777;font-size:90%;"
@@ -206,10 +208,11 @@ class GroupLoadPanel(Panel):
                 level.append("ok" if ratio >= LOW else "low" if ratio >= STRAGGLER else "straggler")
         candidates = np.flatnonzero(active & (tokens_per_s > 0))
         slowest = int(candidates[np.argmin(tokens_per_s[candidates])]) if total > 0 else -1
-        old = self.data.get("tokens_per_s")
+        old = self.data
         self.data = dict(tokens_per_s=tokens_per_s, share=share, fair_share=fair, active=active,
                          level=level, slowest=slowest)
-        return old is None or not np.array_equal(old, tokens_per_s)
+        return self.renders == 0 or not (np.array_equal(old["tokens_per_s"], tokens_per_s)
+                                         and np.array_equal(old["active"], active))
 
     def render(self) -> None:
         d = self.data
