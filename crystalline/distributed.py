@@ -44,6 +44,7 @@ DEFAULT_TIMEOUT_S = 300.0   # longest wait for the other ranks at any collective
 DEFAULT_CHECK_EVERY = 50    # steps between parameter checksum comparisons; 0 disables
 SPIN_S = 1e-3               # poll without sleeping this long before backing off
 MAX_SLEEP_S = 2e-4          # the longest sleep between polls once backed off
+SAVED_TAG = 7101            # point-to-point tag: "rank 0 has written the checkpoint"
 
 
 def _mpi():
@@ -70,10 +71,13 @@ def wait_for_ranks(comm, what: str, timeout: float, stopped=lambda: False) -> fl
     Polls (spinning for SPIN_S, then sleeping up to MAX_SLEEP_S) so a waiting rank neither blocks
     forever nor burns a core while a slower rank computes. Returns the seconds waited.
     """
+    return _poll(comm, comm.Ibarrier().Test, what, timeout, stopped)
+
+
+def _poll(comm, done, what: str, timeout: float, stopped=lambda: False) -> float:
     t0 = time.perf_counter()
-    request = comm.Ibarrier()
     delay = 2e-5
-    while not request.Test():
+    while not done():
         waited = time.perf_counter() - t0
         if stopped():
             raise TrainingStopped(f"stopped while rank {comm.rank} waited for the other ranks at {what}")
@@ -107,6 +111,7 @@ class DistributedTrainer(Trainer):
         self._slice = int(firsts[self.rank]), int(counts[self.rank])
         self._comm_s = (0.0, 0.0)          # (waiting for the ranks, all-reduce) of the last combine
         self._loss_buf = np.zeros(1, dtype=np.float64)
+        self._saved_notes: list = []       # rank 0's pending "checkpoint written" messages
         super().__init__(model_cfg, train_cfg, corpus, workers=workers, hierarchy=hierarchy, sync=sync,
                          cache_dir=cache_dir, tokenizer=tokenizer)
         self._check_same_run()
@@ -203,8 +208,19 @@ class DistributedTrainer(Trainer):
         return super().run(steps, progress=progress and self.is_root, **kw)
 
     def save(self, path) -> Path:
-        """Rank 0 writes the checkpoint (the ranks are identical); the others return the path."""
-        return super().save(path) if self.is_root else Path(path)
+        """Rank 0 writes the checkpoint (the ranks are identical); every rank returns once it is written.
+
+        Not a collective: rank 0 tells each other rank by a point-to-point message, so a rank that
+        exits right after (Ctrl-C, then MPI_Abort) cannot end the job before the file is complete.
+        """
+        if self.is_root:
+            path = super().save(path)
+            self._saved_notes = [n for n in self._saved_notes if not n.Test()] + \
+                [self.comm.isend(self.steps_done, dest=r, tag=SAVED_TAG) for r in range(1, self.size)]
+            return path
+        note = self.comm.irecv(source=0, tag=SAVED_TAG)
+        _poll(self.comm, lambda: note.test()[0], f"rank 0's checkpoint save ({path})", self.timeout)
+        return Path(path)
 
     @classmethod
     def load(cls, path, corpus=None, workers=None, sync="lock_free", cache_dir=None, comm=None,
