@@ -112,6 +112,7 @@ class DistributedTrainer(Trainer):
         self._comm_s = (0.0, 0.0)          # (waiting for the ranks, all-reduce) of the last combine
         self._loss_buf = np.zeros(1, dtype=np.float64)
         self._saved_notes: list = []       # rank 0's pending "checkpoint written" messages
+        self._failed = False               # a step raised on this rank
         super().__init__(model_cfg, train_cfg, corpus, workers=workers, hierarchy=hierarchy, sync=sync,
                          cache_dir=cache_dir, tokenizer=tokenizer)
         self._check_same_run()
@@ -195,7 +196,13 @@ class DistributedTrainer(Trainer):
 
     # ------------------------------------------------------------------ steps and persistence
     def step(self):
-        result = super().step()
+        try:
+            result = super().step()
+        except (KeyboardInterrupt, TrainingStopped):
+            raise                            # every rank was interrupted: rank 0 will still save
+        except BaseException:
+            self._failed = True              # rank 0 may be stuck waiting for this rank: see save()
+            raise
         waited, allreduce = self._comm_s
         result.timings.update(rank_wait=waited, allreduce=allreduce)
         self.history[-1].update(ranks=self.size, rank_wait_s=waited, allreduce_s=allreduce)
@@ -218,6 +225,8 @@ class DistributedTrainer(Trainer):
             self._saved_notes = [n for n in self._saved_notes if not n.Test()] + \
                 [self.comm.isend(self.steps_done, dest=r, tag=SAVED_TAG) for r in range(1, self.size)]
             return path
+        if self._failed:
+            return Path(path)                # never wait on rank 0 after this rank's own failure
         note = self.comm.irecv(source=0, tag=SAVED_TAG)
         _poll(self.comm, lambda: note.test()[0], f"rank 0's checkpoint save ({path})", self.timeout)
         return Path(path)
