@@ -6,11 +6,12 @@ work at T = 128), reading q, k, v in place with row stride 3C."""
 
 import math
 
+import numpy as np
 from numba import njit
 
 from crystalline.config import FASTMATH
 from crystalline.model.kernels.blas import N_, T_, gemm
-from crystalline.model.kernels.softmax import exp_nonpos
+from crystalline.model.kernels.simd import LANES, exp32, vdot, vmax, vsum
 
 TILE = 32  # query rows per block
 
@@ -19,7 +20,7 @@ TILE = 32  # query rows per block
 def attention_forward(out, att, qkv, B, T, C, NH):
     hs = C // NH
     C3 = 3 * C
-    scale = 1.0 / math.sqrt(hs)
+    scale = np.float32(1.0 / math.sqrt(hs))
     for b in range(B):
         for h in range(NH):
             q_off = b * T * C3 + h * hs
@@ -31,22 +32,14 @@ def attention_forward(out, att, qkv, B, T, C, NH):
                      0.0, att, a_off + r0 * T, T)
                 for i in range(r0, r1):
                     row = att[b, h, i]
-                    m = row[0]
-                    for j in range(1, i + 1):
-                        m = max(m, row[j])
-                    for j in range(i + 1):
-                        row[j] = exp_nonpos(row[j] - m)
-                    s0 = s1 = 0.0
-                    for j in range(0, i, 2):
-                        s0 += row[j]
-                        s1 += row[j + 1]
-                    if i % 2 == 0:
-                        s0 += row[i]
-                    inv = 1.0 / (s0 + s1)
-                    for j in range(i + 1):
-                        row[j] *= inv
-                    for j in range(i + 1, T):
-                        row[j] = 0.0
+                    base = a_off + i * T
+                    m = vmax(att, base, i + 1)
+                    # whole 16-lane vectors (no scalar tail); entries past i are zeroed below
+                    for j in range(min(T, (i + LANES) // LANES * LANES)):
+                        row[j] = exp32(row[j] - m)
+                    inv = np.float32(1.0 / vsum(att, base, i + 1))
+                    for j in range(T):
+                        row[j] = row[j] * inv if j <= i else np.float32(0.0)
                 # y[r0:r1] = att[r0:r1, :r1] @ v[:r1]
                 gemm(N_, N_, r1 - r0, hs, r1, 1.0, att, a_off + r0 * T, T, qkv, q_off + 2 * C, C3,
                      0.0, out, (b * T + r0) * C + h * hs, C)
@@ -57,7 +50,7 @@ def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH):
     """Accumulate into dqkv (N, 3C). datt: (T, T) scratch. dout: (N, C)."""
     hs = C // NH
     C3 = 3 * C
-    scale = 1.0 / math.sqrt(hs)
+    scale = np.float32(1.0 / math.sqrt(hs))
     for b in range(B):
         for h in range(NH):
             q_off = b * T * C3 + h * hs
@@ -77,17 +70,10 @@ def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH):
                 for i in range(r0, r1):
                     p = att[b, h, i]
                     d = datt[i]
-                    s0 = s1 = 0.0
-                    for j in range(0, i, 2):
-                        s0 += p[j] * d[j]
-                        s1 += p[j + 1] * d[j + 1]
-                    if i % 2 == 0:
-                        s0 += p[i] * d[i]
-                    s = s0 + s1
-                    for j in range(i + 1):
-                        d[j] = p[j] * (d[j] - s) * scale
-                    for j in range(i + 1, r1):
-                        d[j] = 0.0
+                    sd = np.float32(vdot(att, a_off + i * T, datt, i * T, i + 1))
+                    # p is 0 past the diagonal, so this writes dscores 0 there (no scalar tail)
+                    for j in range(r1):
+                        d[j] = p[j] * (d[j] - sd) * scale
                 # dq[r0:r1] += dscores[r0:r1, :r1] @ k[:r1] ; dk[:r1] += dscores[r0:r1, :r1].T @ q[r0:r1]
                 gemm(N_, N_, rb, hs, r1, 1.0, datt, r0 * T, T, qkv, k_off, C3,
                      1.0, dqkv, q_off + r0 * C3, C3)

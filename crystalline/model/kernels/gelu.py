@@ -7,26 +7,40 @@ so LLVM vectorises the loop; within ~3e-7 absolute of np.tanh (tests/test_kernel
 
 import math
 
+import numpy as np
 from numba import njit
 
 from crystalline.config import FASTMATH
 
 GELU_K = math.sqrt(2.0 / math.pi)
 
+# float32 constants: a float64 literal would promote every element to float64 (half the lanes)
+_K = np.float32(GELU_K)
+_A = np.float32(0.044715)
+_3A = np.float32(3.0 * 0.044715)
+_HALF, _ONE = np.float32(0.5), np.float32(1.0)
+_CLAMP = np.float32(7.90531110763549805)
+_P = tuple(np.float32(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                                    5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                                    4.89352455891786e-03))
+_Q = tuple(np.float32(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                                    4.89352518554385e-03))
+
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def tanh_rational(x):
-    x = min(max(x, -7.90531110763549805), 7.90531110763549805)
+    """In the precision of x: float32 for float32 x (the kernels), float64 for a Python float."""
+    x = min(max(x, -_CLAMP), _CLAMP)
     x2 = x * x
-    p = x2 * -2.76076847742355e-16 + 2.00018790482477e-13
-    p = x2 * p + -8.60467152213735e-11
-    p = x2 * p + 5.12229709037114e-08
-    p = x2 * p + 1.48572235717979e-05
-    p = x2 * p + 6.37261928875436e-04
-    p = x2 * p + 4.89352455891786e-03
-    q = x2 * 1.19825839466702e-06 + 1.18534705686654e-04
-    q = x2 * q + 2.26843463243900e-03
-    q = x2 * q + 4.89352518554385e-03
+    p = x2 * _P[0] + _P[1]
+    p = x2 * p + _P[2]
+    p = x2 * p + _P[3]
+    p = x2 * p + _P[4]
+    p = x2 * p + _P[5]
+    p = x2 * p + _P[6]
+    q = x2 * _Q[0] + _Q[1]
+    q = x2 * q + _Q[2]
+    q = x2 * q + _Q[3]
     return x * p / q
 
 
@@ -34,7 +48,7 @@ def tanh_rational(x):
 def gelu_forward(out, inp, n):
     for i in range(n):
         x = inp[i]
-        out[i] = 0.5 * x * (1.0 + tanh_rational(GELU_K * (x + 0.044715 * x * x * x)))
+        out[i] = _HALF * x * (_ONE + tanh_rational(_K * (x + _A * x * x * x)))
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -42,6 +56,6 @@ def gelu_backward(dinp, inp, dout, n):
     """Accumulate dinp += gelu'(inp) * dout."""
     for i in range(n):
         x = inp[i]
-        th = tanh_rational(GELU_K * (x + 0.044715 * x * x * x))
-        dth = GELU_K * (1.0 + 3.0 * 0.044715 * x * x) * (1.0 - th * th)
-        dinp[i] += (0.5 * (1.0 + th) + 0.5 * x * dth) * dout[i]
+        th = tanh_rational(_K * (x + _A * x * x * x))
+        dth = _K * (_ONE + _3A * x * x) * (_ONE - th * th)
+        dinp[i] += (_HALF * (_ONE + th) + _HALF * x * dth) * dout[i]
