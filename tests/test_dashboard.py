@@ -10,8 +10,9 @@ import pytest
 
 from crystalline import Trainer, preset
 from crystalline.viz.dashboard import Dashboard
-from crystalline.viz.panels import (TIME_FIELDS, CurvesPanel, GroupLoadPanel, HierarchyPanel,
-                                    StatusPanel, ThroughputPanel, TimeSplitPanel, trainer_state)
+from crystalline.viz.figure_panels import (TIME_FIELDS, CurvesPanel, HierarchyPanel,
+                                           ThroughputPanel, TimeSplitPanel)
+from crystalline.viz.panels import GroupLoadPanel, StatusPanel, trainer_state
 
 PNG = b"\x89PNG"
 

@@ -10,8 +10,9 @@ Start / pause / stop buttons, a worker count applied between steps, per-group lo
 the sphere tree coloured by throughput, loss / tokens/s / memory curves, per-worker tokens/s,
 bytes owned and each sphere's time split. One monitor thread pulls `trainer.stats.snapshot()`
 and `trainer.history.since(cursor)` `refresh_hz` times a second and hands both to each panel
-(crystalline.viz.panels); the trainer never calls the dashboard. The thread only sets widget
-values (it never prints or displays: ipykernel 7 does not route a thread's output to a cell).
+(crystalline.viz.panels and .figure_panels); the trainer never calls the dashboard. The thread
+only sets widget values (it never prints or displays: ipykernel 7 does not route a thread's
+output to a cell).
 A panel that raises is logged and shown in the error line; training and the other panels go on.
 """
 
@@ -25,8 +26,9 @@ import ipywidgets as widgets
 
 from crystalline.config import MAX_WORKERS
 from crystalline.errors import CrystallineError
-from crystalline.viz.panels import (CurvesPanel, FigurePanel, GroupLoadPanel, HierarchyPanel,
-                                    StatusPanel, ThroughputPanel, TimeSplitPanel, trainer_state)
+from crystalline.viz.figure_panels import (CurvesPanel, FigurePanel, HierarchyPanel,
+                                           ThroughputPanel, TimeSplitPanel)
+from crystalline.viz.panels import GroupLoadPanel, StatusPanel, trainer_state
 
 logger = logging.getLogger(__name__)
 
