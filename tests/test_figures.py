@@ -119,7 +119,11 @@ def test_scaling_data_is_what_is_drawn(quick):
     assert t["workers"] == list(QUICK.scaling_workers)
     ax = draw_saved(quick, "throughput").axes[0]
     np.testing.assert_array_equal(_by_gid(ax.lines, "measured")[0].get_ydata(), t["tokens_per_s"])
-    np.testing.assert_array_equal(_by_gid(ax.lines, "ideal")[0].get_ydata(), t["ideal_tokens_per_s"])
+    np.testing.assert_array_equal(_by_gid(ax.lines, "ideal")[0].get_ydata(),
+                                  t["ideal_tokens_per_s"])
+    np.testing.assert_array_equal(_by_gid(ax.lines, "median")[0].get_ydata(),
+                                  t["median_tokens_per_s"])
+    assert all(m <= b for m, b in zip(t["median_tokens_per_s"], t["tokens_per_s"]))
     cores = t["cores"][0]
     assert t["ideal_tokens_per_s"] == [t["tokens_per_s"][0] * min(w, cores) for w in t["workers"]]
 

@@ -38,7 +38,8 @@ def _check_names(only) -> list[str]:
         only = [only]
     unknown = [n for n in only if n not in FIGURES]
     if unknown or not only:
-        raise ConfigError(f"unknown figure name(s) {unknown}; choose from {', '.join(FIGURE_NAMES)}")
+        raise ConfigError(f"unknown figure name(s) {unknown}; "
+                          f"choose from {', '.join(FIGURE_NAMES)}")
     return list(dict.fromkeys(only))
 
 

@@ -55,8 +55,9 @@ def run_losses(cfg, on_done=None) -> dict[int, list[float]]:
 
 def measure_one(preset_name: str, batch: int, seed: int, workers: int, sync: str,
                 steps: int) -> dict:
-    """Tokens/s (median over `steps` steps after an untimed first step), the process's peak
-    RSS, its RSS before the trainer existed, and the design's bytes by component."""
+    """Tokens/s over `steps` steps after an untimed first step (the fastest step, the one least
+    disturbed by other processes, and the median), the process's peak RSS, its RSS before the
+    trainer existed, the design's bytes by component and the 1-minute load average."""
     import psutil
     corpus = _corpus()
     with _trainer("tiny", 8, seed, 1, corpus=corpus) as warm:   # load compiled kernels first
@@ -75,8 +76,17 @@ def measure_one(preset_name: str, batch: int, seed: int, workers: int, sync: str
         }
         spheres, parameters = len(tr.hierarchy.spheres), tr.model.num_parameters
     return {"workers": workers, "sync": sync, "spheres": spheres, "parameters": parameters,
-            "tokens_per_s": statistics.median(r.tokens_per_s for r in results),
+            "tokens_per_s": max(r.tokens_per_s for r in results),
+            "tokens_per_s_median": statistics.median(r.tokens_per_s for r in results),
+            "load_average": _load_average(),
             "peak_rss_bytes": _peak_rss(), "baseline_rss_bytes": baseline, **design}
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):        # not on Windows
+        return float("nan")
 
 
 def _peak_rss() -> int:
@@ -108,7 +118,8 @@ def _in_subprocess(preset_name, batch, seed, workers, sync, steps) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise TrainingError(f"measuring {workers} workers ({sync}) failed in its subprocess: {last}")
+        raise TrainingError(f"measuring {workers} workers ({sync}) failed in its subprocess: "
+                            f"{last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

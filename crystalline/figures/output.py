@@ -14,7 +14,6 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
 import platform
 from pathlib import Path
@@ -130,7 +129,3 @@ def machine() -> dict:
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "machine": platform.machine()}
-
-
-def finite(values) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)

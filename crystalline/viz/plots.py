@@ -80,18 +80,40 @@ def plot_loss_curves(steps, losses: dict, title: str | None = None) -> Figure:
     return fig
 
 
-def plot_throughput(workers, tokens_per_s, ideal, cores: int, title: str | None = None) -> Figure:
-    """Measured tokens/s against worker count with the ideal line for `cores` cores."""
+def _load_note(ax, load, cores) -> None:
+    """Small print of the machine's 1-minute load average while measuring: above the core
+    count, other processes shared the cores and the numbers are lower bounds."""
+    load = [v for v in load if np.isfinite(v)]
+    if load:
+        where = f" ({cores} cores)" if cores else ""
+        span = f"{min(load):.1f}" if f"{min(load):.1f}" == f"{max(load):.1f}" else \
+            f"{min(load):.1f} to {max(load):.1f}"
+        ax.text(0.01, 0.98, f"1-min load average during the runs: {span}{where}", transform=ax.transAxes, fontsize=8, va="top",
+                color="#555555", gid="load-note")
+
+
+def plot_throughput(workers, tokens_per_s, ideal, cores: int, title: str | None = None,
+                    median=None, load=None) -> Figure:
+    """Measured tokens/s against worker count with the ideal line for `cores` cores.
+
+    tokens_per_s: the fastest timed step per count; median: optional median step, drawn as
+    hollow markers; load: optional 1-minute load averages, noted in small print.
+    """
     fig, (ax,) = _figure()
     ax.plot(workers, ideal, color="#888888", ls="--", lw=1.5, gid="ideal",
             label=f"ideal: 1-worker x min(workers, {cores} cores)")
     ax.plot(workers, tokens_per_s, color=SYNC_COLORS["lock_free"], marker="o", lw=2,
-            gid="measured", label="measured, lock-free (labels: % of ideal)")
+            gid="measured", label="measured, lock-free: fastest step (labels: % of ideal)")
+    if median is not None:
+        ax.plot(workers, median, linestyle="", marker="o", mfc="none", ms=7,
+                color=SYNC_COLORS["lock_free"], gid="median", label="median step")
     for w, t, i in zip(workers, tokens_per_s, ideal):
-        ax.annotate(f"{t / i:.0%}", (w, t), textcoords="offset points", xytext=(0, -14),
+        ax.annotate(f"{t / i:.0%}", (w, t), textcoords="offset points", xytext=(0, 7),
                     ha="center", fontsize=8, color="#333333")
     _worker_axis(ax, workers)
-    ax.set_ylim(0, max(max(ideal), max(tokens_per_s)) * 1.15)
+    ax.set_ylim(0, max(max(ideal), max(tokens_per_s)) * 1.2)
+    if load is not None:
+        _load_note(ax, load, cores)
     ax.set_ylabel("throughput (tokens / s)")
     ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax.set_title(title or "Throughput against worker count")
@@ -100,8 +122,10 @@ def plot_throughput(workers, tokens_per_s, ideal, cores: int, title: str | None 
     return fig
 
 
-def plot_sync_modes(workers, lock_free, model_lock, title: str | None = None) -> Figure:
-    """A bar pair per worker count: lock-free tokens/s beside model_lock tokens/s."""
+def plot_sync_modes(workers, lock_free, model_lock, title: str | None = None,
+                    load=None, cores: int | None = None) -> Figure:
+    """A bar pair per worker count: lock-free tokens/s beside model_lock tokens/s; load: optional
+    1-minute load averages while measuring, noted in small print."""
     fig, (ax,) = _figure((6.5, 4.4))
     x = np.arange(len(workers))
     width = 0.38
@@ -114,11 +138,13 @@ def plot_sync_modes(workers, lock_free, model_lock, title: str | None = None) ->
         ax.text(xi, max(free, lock) * 1.12, f"lock-free / model_lock = {free / lock:.2f}x",
                 ha="center", fontsize=9, fontweight="bold")
     ax.set_xticks(x, [f"{w} workers" for w in workers])
-    ax.set_ylim(0, max(max(lock_free), max(model_lock)) * 1.25)
+    ax.set_ylim(0, max(max(lock_free), max(model_lock)) * 1.3)
+    if load is not None:
+        _load_note(ax, load, cores)
     ax.set_ylabel("throughput (tokens / s)")
     ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax.set_title(title or "Lock-free spheres against one global model lock")
-    ax.legend(frameon=False, loc="upper left")
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
