@@ -25,7 +25,7 @@ import threading
 import ipywidgets as widgets
 
 from crystalline.config import MAX_WORKERS
-from crystalline.errors import CrystallineError
+from crystalline.errors import ConfigError
 from crystalline.viz.figure_panels import (CurvesPanel, FigurePanel, HierarchyPanel,
                                            ThroughputPanel, TimeSplitPanel)
 from crystalline.viz.panels import GroupLoadPanel, StatusPanel, trainer_state
@@ -39,7 +39,7 @@ class Dashboard:
     def __init__(self, trainer, refresh_hz: float = 3.0, history: int = 5000,
                  figure_interval: float = 1.0):
         if not 0 < refresh_hz <= 20:
-            raise CrystallineError(f"refresh_hz={refresh_hz!r} is invalid: use 0 < refresh_hz <= 20 "
+            raise ConfigError(f"refresh_hz={refresh_hz!r} is invalid: use 0 < refresh_hz <= 20 "
                                    "(2 to 5 is plenty)")
         self.trainer = trainer
         self.period = 1.0 / refresh_hz
