@@ -1,5 +1,6 @@
 """Time and GFLOP/s of every kernel, forward and backward, at cllm-4.5m shapes (B=16, T=128, C=256,
-L=6, NH=8, V=256), one BLAS thread, with each kernel's share of one training step (per-layer
+L=6, NH=8, V=256), one BLAS thread, CPU time of the calling thread (so other users' load on a
+shared machine does not count), with each kernel's share of one training step (per-layer
 kernels counted L times). Compile time is measured apart (first calls on tiny shapes).
 
     timeout 120 python benchmarks/kernels.py [--repeat 5]
@@ -41,6 +42,8 @@ def cases(B, T, C, L, NH, V, P):
     p, g, m, v, mask = f(P), f(P), f(P), np.abs(f(P)), np.ones(P, np.float32)
     mm = lambda OC, IC: (f(N, OC), f(N, IC), f(OC, IC), f(OC))  # noqa: E731
     q1, q2, q3, q4, lm = mm(3 * C, C), mm(C, C), mm(4 * C, C), mm(C, 4 * C), mm(V, C)
+    # backward outputs apart from the inputs (aliasing them let values grow without bound)
+    g1, g2, g3, g4, glm = (tuple(a.copy() for a in q) for q in (q1, q2, q3, q4, lm))
     nb = np.zeros(0, np.float32)
     hs = C // NH
     att_fl = 2 * B * NH * T * T * hs * 2
@@ -51,21 +54,21 @@ def cases(B, T, C, L, NH, V, P):
         ("layernorm", 2 * L + 1, 8 * N * C, lambda: layernorm_forward(x2, mean, rstd, x, w, b, N, C),
          lambda: layernorm_backward(x3, f(C), f(C), x2, x, w, mean, rstd, N, C)),
         ("matmul qkv", L, 2 * N * C * 3 * C, lambda: matmul_forward(q1[0], q1[1], q1[2], q1[3], N, C, 3 * C),
-         lambda: matmul_backward(q1[1], q1[2], q1[3], q1[0], q1[1], q1[2], N, C, 3 * C)),
+         lambda: matmul_backward(g1[1], g1[2], g1[3], q1[0], q1[1], q1[2], N, C, 3 * C)),
         ("attention", L, att_fl, lambda: attention_forward(x, att, qkv, B, T, C, NH),
          lambda: attention_backward(qkv, datt, x, qkv, att, B, T, C, NH)),
         ("matmul attproj", L, 2 * N * C * C, lambda: matmul_forward(q2[0], q2[1], q2[2], q2[3], N, C, C),
-         lambda: matmul_backward(q2[1], q2[2], q2[3], q2[0], q2[1], q2[2], N, C, C)),
+         lambda: matmul_backward(g2[1], g2[2], g2[3], q2[0], q2[1], q2[2], N, C, C)),
         ("residual", 2 * L, N * C, lambda: residual_forward(x3.reshape(-1), x.reshape(-1), x2.reshape(-1), N * C),
          None),
         ("matmul fc", L, 2 * N * C * 4 * C, lambda: matmul_forward(q3[0], q3[1], q3[2], q3[3], N, C, 4 * C),
-         lambda: matmul_backward(q3[1], q3[2], q3[3], q3[0], q3[1], q3[2], N, C, 4 * C)),
+         lambda: matmul_backward(g3[1], g3[2], g3[3], q3[0], q3[1], q3[2], N, C, 4 * C)),
         ("gelu", L, 10 * N * 4 * C, lambda: gelu_forward(h4b, h4, N * 4 * C),
          lambda: gelu_backward(h4c, h4, h4b, N * 4 * C)),
         ("matmul fcproj", L, 2 * N * 4 * C * C, lambda: matmul_forward(q4[0], q4[1], q4[2], q4[3], N, 4 * C, C),
-         lambda: matmul_backward(q4[1], q4[2], q4[3], q4[0], q4[1], q4[2], N, 4 * C, C)),
+         lambda: matmul_backward(g4[1], g4[2], g4[3], q4[0], q4[1], q4[2], N, 4 * C, C)),
         ("lm head", 1, 2 * N * C * V, lambda: matmul_forward(lm[0], lm[1], lm[2], nb, N, C, V),
-         lambda: matmul_backward(lm[1], lm[2], nb, lm[0], lm[1], lm[2], N, C, V)),
+         lambda: matmul_backward(glm[1], glm[2], nb, lm[0], lm[1], lm[2], N, C, V)),
         ("softmax+xent", 1, 4 * N * V, lambda: crossentropy_forward(lm[0], mean, probs, tg, N, V),
          lambda: crossentropy_backward(lm[0], probs, tg, 1e-4, N, V)),
         ("adamw", 1, 12 * P, lambda: adamw_step(p, g, m, v, mask, 1e-9, 0.9, 0.95, 1e-8, 0.1, 3), None),
@@ -74,11 +77,12 @@ def cases(B, T, C, L, NH, V, P):
 
 
 def best(fn, repeat):
+    """Fastest of `repeat` calls in CPU seconds of this thread (robust on a shared machine)."""
     ts = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.thread_time()
         fn()
-        ts.append(time.perf_counter() - t)
+        ts.append(time.thread_time() - t)
     return min(ts)
 
 

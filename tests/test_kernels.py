@@ -219,3 +219,28 @@ def test_attention_tiles(T_):
     fd = ((ref.attention(d(qkv) + h * dirn, NH)[0] * dout).sum()
           - (ref.attention(d(qkv) - h * dirn, NH)[0] * dout).sum()) / (2 * h)
     assert (dqkv.reshape(qkv.shape) * dirn).sum() == pytest.approx(fd, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 256])
+def test_simd_reductions_and_exp32(n):
+    """simd.py's vector reductions against float64 NumPy, at offsets inside a 2-D array."""
+    from numba import njit
+    from crystalline.model.kernels.simd import exp32, vdot, vdot3, vmax, vsum
+
+    @njit
+    def run(x, y, z, off, n):
+        return (vsum(x, off, n), vdot(x, off, y, off + 1, n), vdot3(x, off, y, off, z, off + 2, n),
+                vmax(x, off, n))
+
+    x, y, z = f32(4, 130), f32(4, 130), f32(4, 130)
+    off = 3
+    a, b, c = (v.reshape(-1).astype(np.float64) for v in (x, y, z))
+    s, dt, dt3, mx = run(x, y, z, off, n)
+    assert s == pytest.approx(a[off:off + n].sum(), rel=1e-12, abs=1e-12)
+    assert dt == pytest.approx((a[off:off + n] * b[off + 1:off + 1 + n]).sum(), rel=1e-12, abs=1e-12)
+    assert dt3 == pytest.approx((a[off:off + n] * b[off:off + n] * c[off + 2:off + 2 + n]).sum(),
+                                rel=1e-12, abs=1e-12)
+    assert mx == a[off:off + n].max()
+    e = np.array([exp32(v) for v in -np.geomspace(1e-6, 80, 50).astype(np.float32)])
+    np.testing.assert_allclose(e, np.exp(-np.geomspace(1e-6, 80, 50).astype(np.float32).astype(np.float64)),
+                               rtol=3e-7)
