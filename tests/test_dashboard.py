@@ -12,7 +12,7 @@ from crystalline import Trainer, preset
 from crystalline.viz.dashboard import Dashboard
 from crystalline.viz.figure_panels import (TIME_FIELDS, CurvesPanel, HierarchyPanel,
                                            ThroughputPanel, TimeSplitPanel)
-from crystalline.viz.panels import GroupLoadPanel, StatusPanel, trainer_state
+from crystalline.viz.panels import GroupLoadPanel, StatusPanel
 
 PNG = b"\x89PNG"
 
@@ -180,7 +180,7 @@ def test_status_follows_the_trainer_state(trainer):
     trainer.start()
     wait_for(lambda: trainer.steps_done >= 3, what="three background steps")
     trainer.pause()
-    wait_for(lambda: trainer_state(trainer) == "paused", what="pause")
+    wait_for(lambda: trainer.state == "paused", what="pause")
     snap, records, _ = pull(trainer)
     panel.update(snap, records)
     d = panel.data

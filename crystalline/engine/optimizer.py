@@ -1,7 +1,8 @@
 """Node Zero's update: learning-rate schedule, gradient clipping and AdamW over the flat buffers.
 
     opt = AdamW(model, train_cfg)
-    norm, applied = opt.update(grad, step)    # grad: (P,) float32, already the mean-loss gradient
+    norm, applied = opt.update(grad, step, scale)   # grad: (P,) float32; scale * grad is the
+                                                    # mean-loss gradient
 
 Non-finite gradients are never applied (the parameters stay finite): `update` returns
 applied=False and the caller records a skipped step.
@@ -44,16 +45,19 @@ class AdamW:
     def nbytes(self) -> int:
         return self.m.nbytes + self.v.nbytes
 
-    def update(self, grad: np.ndarray, step: int) -> tuple[float, bool]:
-        """Clip `grad` in place and apply one AdamW step at `step`'s learning rate.
+    def update(self, grad: np.ndarray, step: int, scale: float = 1.0) -> tuple[float, bool]:
+        """Scale `grad` by `scale`, clip it, and apply one AdamW step at `step`'s learning rate.
 
-        Returns (gradient norm before clipping, whether the update was applied).
+        Scaling and clipping are one pass over the gradient. Returns (norm of the scaled
+        gradient before clipping, whether the update was applied).
         """
-        norm = grad_norm(grad)
+        norm = grad_norm(grad) * scale
         if not math.isfinite(norm):
             return norm, False
         if self.cfg.grad_clip > 0 and norm > self.cfg.grad_clip:
-            scale_(grad, self.cfg.grad_clip / norm)
+            scale *= self.cfg.grad_clip / norm
+        if scale != 1.0:
+            scale_(grad, scale)
         self.t += 1
         adamw_step(self.model.params, grad, self.m, self.v, self.model.decay_mask,
                    learning_rate(step, self.cfg), self.cfg.beta1, self.cfg.beta2, ADAM_EPS,

@@ -83,6 +83,13 @@ def group_tokens_per_s(snap: dict) -> np.ndarray:
     return np.bincount(snap["group"][workers], weights=snap["tokens_per_s"][workers], minlength=12)[:12]
 
 
+def slowest_group(snap: dict) -> int:
+    """The top-level group with the lowest tokens/s in its last step (-1 before any step)."""
+    per_group = group_tokens_per_s(snap)
+    active = np.flatnonzero(per_group > 0)
+    return int(active[np.argmin(per_group[active])]) if len(active) else -1
+
+
 class History:
     """A bounded ring of per-step records (dicts); `since(cursor)` reads only what is new."""
 

@@ -33,10 +33,9 @@ from crystalline.data.corpus import Corpus, load_corpus
 from crystalline.engine.hierarchy import Hierarchy
 from crystalline.engine.optimizer import AdamW, learning_rate
 from crystalline.engine.spheres import SYNC_MODES, Job, SphereTree
-from crystalline.engine.stats import FIELD, History, SphereStats, group_tokens_per_s
+from crystalline.engine.stats import FIELD, History, SphereStats, group_tokens_per_s, slowest_group
 from crystalline.errors import ConfigError, TrainingError
 from crystalline.model.gpt import GPT
-from crystalline.model.kernels.clip import scale_
 
 VAL_FRACTION = 0.1
 MAX_SKIPPED_IN_A_ROW = 10     # non-finite gradients this many steps running stop the run
@@ -173,8 +172,7 @@ class Trainer:
     def _update(self, grad: np.ndarray, loss_sum: float):
         """Node Zero, after the reduction: mean-loss gradient, clip, AdamW, count the step."""
         loss_sum = self._combine(grad, loss_sum)
-        scale_(grad, 1.0 / self.tokens_per_step)
-        norm, applied = self.optimizer.update(grad, self.steps_done)
+        norm, applied = self.optimizer.update(grad, self.steps_done, 1.0 / self.tokens_per_step)
         self.steps_done += 1
         self.skipped_steps += not applied
         self._skipped_in_a_row = 0 if applied else self._skipped_in_a_row + 1
@@ -288,9 +286,7 @@ class Trainer:
 
     def slowest_group(self) -> int:
         """The top-level group with the lowest tokens/s in the last step (-1 before any step)."""
-        per_group = group_tokens_per_s(self.stats.snapshot())
-        active = np.flatnonzero(per_group > 0)
-        return int(active[np.argmin(per_group[active])]) if len(active) else -1
+        return slowest_group(self.stats.snapshot())
 
     # ------------------------------------------------------------------ background
     def start(self, steps: int | None = None) -> None:
@@ -323,6 +319,15 @@ class Trainer:
     @property
     def running(self) -> bool:
         return self._driver is not None and self._driver.is_alive() and self._running.is_set()
+
+    @property
+    def state(self) -> str:
+        """running / paused / stopped / idle (never trained) / failed (background training raised)."""
+        if self.driver_error is not None:
+            return "failed"
+        if self._driver is not None and self._driver.is_alive():
+            return "running" if self._running.is_set() else "paused"
+        return "stopped" if self.steps_done else "idle"
 
     def pause(self) -> None:
         """Finish the current step, then wait until resume()."""

@@ -28,7 +28,7 @@ from crystalline.config import MAX_WORKERS
 from crystalline.errors import ConfigError
 from crystalline.viz.figure_panels import (CurvesPanel, FigurePanel, HierarchyPanel,
                                            ThroughputPanel, TimeSplitPanel)
-from crystalline.viz.panels import GroupLoadPanel, StatusPanel, trainer_state
+from crystalline.viz.panels import GroupLoadPanel, StatusPanel
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Dashboard:
     # ------------------------------------------------------------------ controls
     def start(self, steps: int | None = None):
         """Resume if paused, else train in the background (`steps`, None: until stopped)."""
-        state = trainer_state(self.trainer)
+        state = self.trainer.state
         if state == "paused":
             self.trainer.resume()
         elif state != "running":
@@ -135,7 +135,7 @@ class Dashboard:
         self.start_monitor()
 
     def toggle_pause(self):
-        if trainer_state(self.trainer) == "paused":
+        if self.trainer.state == "paused":
             self.trainer.resume()
         else:
             self.trainer.pause()
@@ -223,7 +223,7 @@ class Dashboard:
         self.errors[panel.name] = text
 
     def _sync_controls(self):
-        state = self.status.data.get("state") or trainer_state(self.trainer)
+        state = self.status.data.get("state") or self.trainer.state
         self.start_button.disabled = state == "running"
         self.pause_button.disabled = state not in ("running", "paused")
         self.pause_button.description = "resume" if state == "paused" else "pause"

@@ -21,7 +21,7 @@ import time
 import ipywidgets as widgets
 import numpy as np
 
-from crystalline.engine.stats import group_tokens_per_s
+from crystalline.engine.stats import group_tokens_per_s, slowest_group
 from crystalline.viz.geometry import GROUP_COLORS, NODE_ZERO_COLOR
 
 LOAD_STYLE = {"ok": "success", "low": "warning", "straggler": "danger", "idle": "", "waiting": ""}
@@ -212,10 +212,10 @@ class StatusPanel(Panel):
             self._last = records[-1]
         tr = self.trainer
         error = tr.driver_error
-        data = {"state": trainer_state(tr), "step": tr.steps_done,
+        data = {"state": tr.state, "step": tr.steps_done,
                 "loss": None if self._last is None else self._last["loss"],
                 "tokens_per_s": None if self._last is None else self._last["tokens_per_s"],
-                "workers": tr.workers, "slowest": _slowest_group(snapshot),
+                "workers": tr.workers, "slowest": slowest_group(snapshot),
                 "error": None if error is None else f"{type(error).__name__}: {error}"}
         changed = data != self.data
         self.data = data
@@ -237,24 +237,3 @@ class StatusPanel(Panel):
             text += (f"<div style='color:#c62828'>training stopped on an error: "
                      f"{html.escape(d['error'])}</div>")
         self.widget.value = f"<div style='font-size:14px;line-height:1.6'>{text}</div>"
-
-
-def _slowest_group(snapshot) -> int:
-    """As Trainer.slowest_group, from the snapshot already pulled."""
-    per_group = group_tokens_per_s(snapshot)
-    active = np.flatnonzero(per_group > 0)
-    return int(active[np.argmin(per_group[active])]) if len(active) else -1
-
-
-def trainer_state(tr) -> str:
-    """running / paused / stopped / idle (never trained) / failed (the driver raised).
-
-    The Trainer has no public paused flag: paused = its background driver is alive but not
-    running.
-    """
-    if tr.driver_error is not None:
-        return "failed"
-    driver = getattr(tr, "_driver", None)
-    if driver is not None and driver.is_alive():
-        return "running" if tr.running else "paused"
-    return "stopped" if tr.steps_done else "idle"
