@@ -68,8 +68,11 @@ def plot_loss_curves(steps, losses: dict, title: str | None = None) -> Figure:
         identical.append(f"{name}: {int((diff == 0).sum())}/{len(diff)}")
         bottom.plot(steps, np.where(diff > 0, diff, np.nan), color=f"C{k}", lw=1.2, marker=".",
                     ms=3, label=f"{name} vs {names[0]}: max {diff.max():.2e}", gid=f"diff-{name}")
-    bottom.axhline(np.finfo(np.float32).eps * float(np.abs(reference).max()), color="#777777",
-                   lw=0.8, ls="--", label="float32 eps x loss")
+    eps = np.finfo(np.float32).eps * float(np.abs(reference).max())
+    bottom.axhline(eps, color="#777777", lw=0.8, ls="--", label="float32 eps x loss")
+    largest = max([eps] + [np.nanmax(line.get_ydata()) for line in bottom.lines[:-1]])
+    smallest = min([eps] + [np.nanmin(line.get_ydata()) for line in bottom.lines[:-1]])
+    bottom.set_ylim(smallest / 3, largest * 3e3)              # room for the legend on top
     bottom.set_yscale("log")
     bottom.set_ylabel("|difference|\n(nats / token)")
     bottom.text(0.99, 0.04, "steps with identical loss (gaps): " + ", ".join(identical),
@@ -82,14 +85,17 @@ def plot_loss_curves(steps, losses: dict, title: str | None = None) -> Figure:
 
 def _load_note(ax, load, cores) -> None:
     """Small print of the machine's 1-minute load average while measuring: above the core
-    count, other processes shared the cores and the numbers are lower bounds."""
+    count, other processes shared the cores and the numbers say more about them than us."""
     load = [v for v in load if np.isfinite(v)]
     if load:
-        where = f" ({cores} cores)" if cores else ""
-        span = f"{min(load):.1f}" if f"{min(load):.1f}" == f"{max(load):.1f}" else \
-            f"{min(load):.1f} to {max(load):.1f}"
-        ax.text(0.01, 0.98, f"1-min load average during the runs: {span}{where}", transform=ax.transAxes, fontsize=8, va="top",
-                color="#555555", gid="load-note")
+        low, high = f"{min(load):.1f}", f"{max(load):.1f}"
+        note = f"1-min load average during the runs: {low if low == high else f'{low} to {high}'}"
+        if cores:
+            note += f" on {cores} cores"
+            if max(load) > cores:
+                note += ": other processes shared the cores"
+        ax.text(0.01, 0.98, note, transform=ax.transAxes, fontsize=8, va="top",
+                color="#b03a2e" if cores and max(load) > cores else "#555555", gid="load-note")
 
 
 def plot_throughput(workers, tokens_per_s, ideal, cores: int, title: str | None = None,
