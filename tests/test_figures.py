@@ -220,3 +220,18 @@ def test_drawing_code_never_imports_pyplot():
     code = ("import sys, crystalline.figures, crystalline.figures.measure, crystalline.viz.plots;"
             "assert 'matplotlib.pyplot' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+COMMITTED = Path(__file__).parent.parent / "figures"
+
+
+def test_committed_figures_are_complete_and_redraw_from_their_data(quick, tmp_path):
+    shutil.copytree(COMMITTED, tmp_path, dirs_exist_ok=True)
+    make_all(tmp_path, from_data=True, progress=False)          # every figure redraws
+    for name in FIGURE_NAMES:
+        doc = json.loads(figure_files(COMMITTED, name)["config"].read_text())
+        assert doc["mode"] == "full" and doc["figure"] == name
+        assert figure_files(COMMITTED, name)["png"].read_bytes().startswith(PNG_SIGNATURE)
+    for name in ("hierarchy_63", "hierarchy_157", "kissing"):  # data the code makes today
+        assert read_table(figure_files(COMMITTED, name)["data"]) == \
+            read_table(figure_files(quick, name)["data"])
