@@ -156,18 +156,18 @@ def _throughput_table(measurements, cfg) -> dict:
             "tokens_per_s": [r["tokens_per_s"] for r in runs],
             "median_tokens_per_s": [r["tokens_per_s_median"] for r in runs],
             "ideal_tokens_per_s": [one * min(r["workers"], cores) for r in runs],
-            "cores": [cores] * len(runs), "load_average": [r["load_average"] for r in runs]}
+            "cores": [cores] * len(runs), "other_cpu_share": [r["other_cpu_share"] for r in runs]}
 
 
 def _draw_throughput(table, provenance):
     from crystalline.viz.plots import plot_throughput
     _columns(table, "throughput", "workers", "tokens_per_s", "median_tokens_per_s",
-             "ideal_tokens_per_s", "cores", "load_average")
+             "ideal_tokens_per_s", "cores", "other_cpu_share")
     cores = table["cores"][0]
     return plot_throughput(table["workers"], table["tokens_per_s"], table["ideal_tokens_per_s"],
                            cores, _scaling_title("Throughput against worker count",
                                                  provenance["parameters"], cores),
-                           median=table["median_tokens_per_s"], load=table["load_average"])
+                           median=table["median_tokens_per_s"], others=table["other_cpu_share"])
 
 
 def _sync_table(measurements, cfg) -> dict:
@@ -178,19 +178,19 @@ def _sync_table(measurements, cfg) -> dict:
                                        for w in cfg.sync_workers],
             "model_lock_tokens_per_s": [_run(measurements, w, "model_lock")["tokens_per_s"]
                                         for w in cfg.sync_workers],
-            "load_average": [max(_run(measurements, w, s)["load_average"]
+            "other_cpu_share": [max(_run(measurements, w, s)["other_cpu_share"]
                                  for s in ("lock_free", "model_lock")) for w in cfg.sync_workers]}
 
 
 def _draw_sync(table, provenance):
     from crystalline.viz.plots import plot_sync_modes
     _columns(table, "sync_modes", "workers", "lock_free_tokens_per_s",
-             "model_lock_tokens_per_s", "cores", "load_average")
+             "model_lock_tokens_per_s", "cores", "other_cpu_share")
     return plot_sync_modes(table["workers"], table["lock_free_tokens_per_s"],
                            table["model_lock_tokens_per_s"],
                            _scaling_title("Lock-free spheres against one global model lock",
                                           provenance["parameters"]),
-                           load=table["load_average"], cores=table["cores"][0])
+                           others=table["other_cpu_share"])
 
 
 MEMORY_COLUMNS = ("baseline_rss_bytes", "params_bytes", "adamw_bytes", "grads_bytes",

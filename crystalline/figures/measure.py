@@ -57,7 +57,8 @@ def measure_one(preset_name: str, batch: int, seed: int, workers: int, sync: str
                 steps: int) -> dict:
     """Tokens/s over `steps` steps after an untimed first step (the fastest step, the one least
     disturbed by other processes, and the median), the process's peak RSS, its RSS before the
-    trainer existed, the design's bytes by component and the 1-minute load average."""
+    trainer existed, the design's bytes by component, and the share of the machine's CPU that
+    other processes used while the steps were timed."""
     import psutil
     corpus = _corpus()
     with _trainer("tiny", 8, seed, 1, corpus=corpus) as warm:   # load compiled kernels first
@@ -65,7 +66,10 @@ def measure_one(preset_name: str, batch: int, seed: int, workers: int, sync: str
     baseline = psutil.Process().memory_info().rss
     with _trainer(preset_name, batch, seed, workers, sync, corpus=corpus) as tr:
         tr.step()
+        busy, own, t0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
         results = [tr.step() for _ in range(steps)]
+        others = ((_busy_cpu_s() - busy) - (_own_cpu_s() - own)) / \
+            ((time.perf_counter() - t0) * (os.cpu_count() or 1))
         tree, active = tr._tree, [w for w in range(tr.workers) if tr._tree.counts[w]]
         design = {
             "params_bytes": tr.model.params.nbytes,
@@ -78,15 +82,21 @@ def measure_one(preset_name: str, batch: int, seed: int, workers: int, sync: str
     return {"workers": workers, "sync": sync, "spheres": spheres, "parameters": parameters,
             "tokens_per_s": max(r.tokens_per_s for r in results),
             "tokens_per_s_median": statistics.median(r.tokens_per_s for r in results),
-            "load_average": _load_average(),
+            "other_cpu_share": max(0.0, others),
             "peak_rss_bytes": _peak_rss(), "baseline_rss_bytes": baseline, **design}
 
 
-def _load_average() -> float:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):        # not on Windows
-        return float("nan")
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (not idle or waiting for I/O)."""
+    import psutil
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _own_cpu_s() -> float:
+    import psutil
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
 
 
 def _peak_rss() -> int:

@@ -83,27 +83,24 @@ def plot_loss_curves(steps, losses: dict, title: str | None = None) -> Figure:
     return fig
 
 
-def _load_note(ax, load, cores) -> None:
-    """Small print of the machine's 1-minute load average while measuring: above the core
-    count, other processes shared the cores and the numbers say more about them than us."""
-    load = [v for v in load if np.isfinite(v)]
-    if load:
-        low, high = f"{min(load):.1f}", f"{max(load):.1f}"
-        note = f"1-min load average during the runs: {low if low == high else f'{low} to {high}'}"
-        if cores:
-            note += f" on {cores} cores"
-            if max(load) > cores:
-                note += ": other processes shared the cores"
-        ax.text(0.01, 0.98, note, transform=ax.transAxes, fontsize=8, va="top",
-                color="#b03a2e" if cores and max(load) > cores else "#555555", gid="load-note")
+def _others_note(ax, others) -> None:
+    """Small print of the share of the machine's CPU that other processes used while the steps
+    were timed; in red above 10 %, where the numbers say as much about them as about us."""
+    others = [v for v in others if np.isfinite(v)]
+    if others:
+        busy = max(others) > 0.10
+        note = f"other processes used up to {max(others):.0%} of the CPU while timing"
+        ax.text(0.01, 0.98, note + (": the figures are disturbed" if busy else ""),
+                transform=ax.transAxes, fontsize=8, va="top",
+                color="#b03a2e" if busy else "#555555", gid="others-note")
 
 
 def plot_throughput(workers, tokens_per_s, ideal, cores: int, title: str | None = None,
-                    median=None, load=None) -> Figure:
+                    median=None, others=None) -> Figure:
     """Measured tokens/s against worker count with the ideal line for `cores` cores.
 
     tokens_per_s: the fastest timed step per count; median: optional median step, drawn as
-    hollow markers; load: optional 1-minute load averages, noted in small print.
+    hollow markers; others: optional share of the CPU other processes used, noted in small print.
     """
     fig, (ax,) = _figure()
     ax.plot(workers, ideal, color="#888888", ls="--", lw=1.5, gid="ideal",
@@ -118,8 +115,8 @@ def plot_throughput(workers, tokens_per_s, ideal, cores: int, title: str | None 
                     ha="center", fontsize=8, color="#333333")
     _worker_axis(ax, workers)
     ax.set_ylim(0, max(max(ideal), max(tokens_per_s)) * 1.2)
-    if load is not None:
-        _load_note(ax, load, cores)
+    if others is not None:
+        _others_note(ax, others)
     ax.set_ylabel("throughput (tokens / s)")
     ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax.set_title(title or "Throughput against worker count")
@@ -129,9 +126,9 @@ def plot_throughput(workers, tokens_per_s, ideal, cores: int, title: str | None 
 
 
 def plot_sync_modes(workers, lock_free, model_lock, title: str | None = None,
-                    load=None, cores: int | None = None) -> Figure:
-    """A bar pair per worker count: lock-free tokens/s beside model_lock tokens/s; load: optional
-    1-minute load averages while measuring, noted in small print."""
+                    others=None) -> Figure:
+    """A bar pair per worker count: lock-free tokens/s beside model_lock tokens/s; others:
+    optional share of the CPU other processes used while measuring, noted in small print."""
     fig, (ax,) = _figure((6.5, 4.4))
     x = np.arange(len(workers))
     width = 0.38
@@ -145,8 +142,8 @@ def plot_sync_modes(workers, lock_free, model_lock, title: str | None = None,
                 ha="center", fontsize=9, fontweight="bold")
     ax.set_xticks(x, [f"{w} workers" for w in workers])
     ax.set_ylim(0, max(max(lock_free), max(model_lock)) * 1.3)
-    if load is not None:
-        _load_note(ax, load, cores)
+    if others is not None:
+        _others_note(ax, others)
     ax.set_ylabel("throughput (tokens / s)")
     ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax.set_title(title or "Lock-free spheres against one global model lock")
