@@ -37,6 +37,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<preset>-<time>)")
     p.add_argument("--ckpt-interval", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    p.add_argument("--sample", type=int, default=200, metavar="N",
+                   help="print N sampled tokens at the end (0: none; default 200)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="split each batch over the MPI ranks: mpiexec -n R crystalline train --distributed")
@@ -107,6 +109,8 @@ def _run(args) -> int:
     if root:
         print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}; "
               f"checkpoint {ckpt}")
+        if args.sample > 0 and not interrupted:
+            _print_sample(trainer, args.sample)
     return EXIT_INTERRUPTED if interrupted else 0
 
 
@@ -118,3 +122,12 @@ def _train(trainer, steps, args, metrics, ckpt) -> None:
             trainer.save(ckpt)
 
     trainer.run(steps, progress=not args.no_progress, on_step=after_step)
+
+
+def _print_sample(trainer, tokens: int) -> None:
+    """A sample continuing the corpus's first few tokens, to see what the model learnt."""
+    from crystalline.sampling import sample_text
+    tokenizer = trainer.corpus.tokenizer
+    prompt = tokenizer.decode(trainer.corpus.tokens[:8])
+    text = sample_text(trainer.model, tokenizer, prompt, tokens, temperature=0.8, seed=0)
+    print(f"--- sample (temperature 0.8) ---\n{text}")

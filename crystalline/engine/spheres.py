@@ -144,11 +144,9 @@ class SphereTree:
 
     def close(self) -> None:
         """Stop every thread and wait for it (an in-flight micro-batch finishes first)."""
-        if self.alive:
-            self._requests.put(None)          # Node Zero sends the exit job through Point A
-        else:
+        if not self.alive:
             self.abort()
-            self._requests.put(None)
+        self._requests.put(None)          # a live Node Zero sends the exit job through Point A
         for t in self.threads:
             t.join()
 

@@ -71,7 +71,12 @@ def _stall_text(stall: dict) -> str:
 
 
 class Trainer:
-    """Data-parallel training of one GPT over a hierarchy of sphere threads."""
+    """Data-parallel training of one GPT over a hierarchy of sphere threads.
+
+    corpus: a path (text file, folder, "squad:PATH") or a loaded Corpus; tokenizer: None/"byte",
+    "word", a tokenizer JSON path or a Tokenizer. The model's vocab_size is taken from the
+    tokenizer. workers: worker spheres (default: this machine's cores), or pass a Hierarchy.
+    """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, corpus, workers: int | None = None,
                  hierarchy: Hierarchy | None = None, sync: str = "lock_free", cache_dir=None,
@@ -103,7 +108,6 @@ class Trainer:
         self._tree: SphereTree | None = None
         self._blas_limit = None
         self._step_lock = threading.RLock()
-        self._last_update = None
         self._started_at = time.time()
         self._driver: threading.Thread | None = None
         self._stop_requested = threading.Event()
