@@ -20,6 +20,7 @@ def test_train_writes_a_run_folder_then_resumes_and_samples(tmp_path, capsys):
     assert [json.loads(l)["step"] for l in lines] == list(range(12))
     assert "[model]" in (run / "config.toml").read_text()
     assert read_checkpoint(run / "checkpoint.safetensors")[1]["step"] == 12
+    assert "--- sample" in capsys.readouterr().out
 
     assert main(["train", "--resume", str(run / "checkpoint.safetensors"), "--steps", "3",
                  "--no-progress"]) == 0
