@@ -155,8 +155,10 @@ def main() -> None:
     print(f"ranks / threads: {ranks['tokens_per_s'] / threads['tokens_per_s']:.2f}x")
     for mode, rs in runs.items():
         print(f"  {mode} tokens/s by round: " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in rs))
-    print(f"  1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-          f"({os.cpu_count()} CPUs): above the CPU count, other processes share the cores")
+    load_after = os.getloadavg()[0]
+    print(f"  1-minute load average {load_before:.1f} before, {load_after:.1f} after ({os.cpu_count()} CPUs)"
+          + (": above the CPU count, other processes share the cores"
+             if max(load_before, load_after) > os.cpu_count() else ""))
     step = ranks["step_s"]
     print(f"\n2-rank step on rank 0: compute {ranks['compute_s'] * 1e3:.1f} ms, waiting for rank 1 "
           f"{ranks['rank_wait_s'] * 1e3:.1f} ms ({ranks['rank_wait_s'] / step:.1%}), all-reduce "
