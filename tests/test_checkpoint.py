@@ -57,10 +57,18 @@ def test_save_replaces_atomically_and_leaves_no_temp_file(shakespeare, checkpoin
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
 
 
-def _header(path):
+def rewrite_metadata(path, out, edit):
+    """Copy the checkpoint at `path` to `out` with `edit(meta)` applied to its crystalline metadata."""
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    return data, n, json.loads(data[8:8 + n])
+    header = json.loads(data[8:8 + n])
+    meta = json.loads(header["__metadata__"]["crystalline"])
+    edit(meta)
+    header["__metadata__"]["crystalline"] = json.dumps(meta)
+    new_header = json.dumps(header).encode()
+    new_header += b" " * (-len(new_header) % 8)
+    out.write_bytes(struct.pack("<Q", len(new_header)) + new_header + data[8 + n:])
+    return out
 
 
 def test_truncated_file_is_refused(checkpoint, tmp_path):
@@ -74,37 +82,26 @@ def test_truncated_file_is_refused(checkpoint, tmp_path):
 
 
 def test_tampered_tensor_or_metadata_is_refused(checkpoint, tmp_path):
-    data, n, header = _header(checkpoint)
-    flipped = bytearray(data)
+    flipped = bytearray(checkpoint.read_bytes())
     flipped[-3] ^= 0xFF
     bad = tmp_path / "tensor.safetensors"
     bad.write_bytes(bytes(flipped))
     with pytest.raises(CheckpointError, match="digest mismatch"):
         read_checkpoint(bad)
-
-    meta = json.loads(header["__metadata__"]["crystalline"])
-    meta["step"] = 999
-    header["__metadata__"]["crystalline"] = json.dumps(meta)
-    new_header = json.dumps(header).encode()
-    new_header += b" " * (-len(new_header) % 8)
-    bad = tmp_path / "meta.safetensors"
-    bad.write_bytes(struct.pack("<Q", len(new_header)) + new_header + data[8 + n:])
+    bad = rewrite_metadata(checkpoint, tmp_path / "meta.safetensors", lambda meta: meta.update(step=999))
     with pytest.raises(CheckpointError, match="digest mismatch"):
         read_checkpoint(bad)
 
 
 def test_shape_mismatch_with_config_is_refused(checkpoint, tmp_path):
-    data, n, header = _header(checkpoint)
-    meta = json.loads(header["__metadata__"]["crystalline"])
-    meta["model_config"]["n_layer"] = 3
     from crystalline.checkpoint import _digest
     tensors, _ = read_checkpoint(checkpoint)
-    meta["digest"] = _digest(tensors, meta)       # consistent digest, wrong config
-    header["__metadata__"]["crystalline"] = json.dumps(meta)
-    new_header = json.dumps(header).encode()
-    new_header += b" " * (-len(new_header) % 8)
-    bad = tmp_path / "shape.safetensors"
-    bad.write_bytes(struct.pack("<Q", len(new_header)) + new_header + data[8 + n:])
+
+    def wrong_config(meta):
+        meta["model_config"]["n_layer"] = 3
+        meta["digest"] = _digest(tensors, meta)       # consistent digest, wrong config
+
+    bad = rewrite_metadata(checkpoint, tmp_path / "shape.safetensors", wrong_config)
     with pytest.raises(CheckpointError, match="do not match"):
         load_model(bad)
 

@@ -166,32 +166,6 @@ def test_worker_raising_at_step_k_names_the_sphere_and_leaves_no_thread(shakespe
     assert set(threading.enumerate()) <= before
 
 
-def test_stop_at_random_moments_never_half_applies(shakespeare):
-    before = set(threading.enumerate())
-    rng = np.random.default_rng(0)
-    for trial in range(25):
-        tr = make_trainer(shakespeare, workers=int(rng.integers(1, 14)))
-        snapshots = {}
-        original_update = tr._update
-
-        def update(grad, loss_sum):
-            result = original_update(grad, loss_sum)
-            snapshots[tr.steps_done] = tr.model.params.copy()
-            return result
-
-        tr._update = update
-        tr._ensure_tree().update = update
-        snapshots[0] = tr.model.params.copy()
-        tr.start()
-        stopper = threading.Timer(float(rng.uniform(0, 0.3)), tr.stop)
-        stopper.start()
-        stopper.join(30)
-        assert not stopper.is_alive(), f"trial {trial}: stop() hung"
-        assert tr.driver_error is None, tr.driver_error
-        assert np.array_equal(tr.model.params, snapshots[tr.steps_done]), f"trial {trial}"
-    assert set(threading.enumerate()) <= before
-
-
 def test_pause_resume_and_step_after_stop(shakespeare):
     tr = make_trainer(shakespeare, workers=3)
     tr.start()
