@@ -140,28 +140,31 @@ def test_bad_workers_and_sync_are_clear_errors(shakespeare):
         make_trainer(shakespeare, workers=1, sync="spinlock")
 
 
-def test_worker_raising_at_step_k_names_the_sphere_and_leaves_no_thread(shakespeare):
+@pytest.mark.parametrize("trial", range(4))
+def test_a_worker_raising_at_a_random_step_names_the_sphere_and_leaves_no_thread(shakespeare, trial):
+    rng = np.random.default_rng(trial)
+    workers, bad_step = int(rng.integers(1, 20)), int(rng.integers(0, 4))
+    bad_worker = int(rng.integers(0, workers))
     before = set(threading.enumerate())
-    tr = make_trainer(shakespeare, workers=13)
+    tr = make_trainer(shakespeare, workers=workers)
     original = tr.model.forward_into
-    calls = {"n": 0}
+    bad_thread = f"sphere-{tr.hierarchy.workers[bad_worker].id}-worker"
 
     def faulty(ws, x, y, params=None):
-        if threading.current_thread().name.startswith("sphere-") and tr.steps_done == 2:
-            if threading.current_thread().name == f"sphere-{tr.hierarchy.workers[7].id}-worker":
-                raise RuntimeError("injected fault")
-        calls["n"] += 1
+        if tr.steps_done == bad_step and threading.current_thread().name == bad_thread:
+            raise RuntimeError("injected fault")
         return original(ws, x, y, params)
 
     tr.model.forward_into = faulty
-    tr.step(); tr.step()
-    params = tr.model.params.copy()
-    with pytest.raises(TrainingError, match=r"worker 7.*injected fault.*step 2"):
+    for _ in range(bad_step):
         tr.step()
-    assert np.array_equal(tr.model.params, params) and tr.steps_done == 2
+    params = tr.model.params.copy()
+    with pytest.raises(TrainingError, match=rf"worker {bad_worker},.*injected fault.*step {bad_step}"):
+        tr.step()
+    assert np.array_equal(tr.model.params, params) and tr.steps_done == bad_step
     tr.model.forward_into = original
     tr.step()                                    # the tree is rebuilt and training goes on
-    assert tr.steps_done == 3
+    assert tr.steps_done == bad_step + 1
     tr.close()
     assert set(threading.enumerate()) <= before
 
