@@ -189,33 +189,29 @@ class GPT:
                                              a["dfch"], a["dfch_gelu"])
         a["dlogits"].fill(0.0)
         crossentropy_backward(a["dlogits"], a["probs"], targets.reshape(-1), float(dloss), N, V)
-        dln.fill(0.0)
-        matmul_backward(dln, g["wte"], _NO_BIAS, a["dlogits"], a["lnf"], p["wte"], N, C, V)
+        matmul_backward(dln, g["wte"], _NO_BIAS, a["dlogits"], a["lnf"], p["wte"], N, C, V, 0.0)
         dres.fill(0.0)
         layernorm_backward(dres, g["lnfw"], g["lnfb"], dln, a["residual3"][L - 1], p["lnfw"],
                            a["lnf_mean"], a["lnf_rstd"], N, C)
         for l in range(L - 1, -1, -1):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             # dres holds d residual3[l]; the MLP branch adds into it, making it d residual2[l]
-            dfg.fill(0.0)
+            # dinp_beta = 0.0: the scratch dinp is overwritten, not accumulated (no zeroing)
             matmul_backward(dfg, g["fcprojw"][l], g["fcprojb"][l], dres, a["fch_gelu"][l],
-                            p["fcprojw"][l], N, 4 * C, C)
-            dfch.fill(0.0)
-            gelu_backward(dfch.reshape(-1), a["fch"][l].reshape(-1), dfg.reshape(-1), N * 4 * C)
-            dln.fill(0.0)
+                            p["fcprojw"][l], N, 4 * C, C, 0.0)
+            gelu_backward(dfch.reshape(-1), a["fch"][l].reshape(-1), dfg.reshape(-1), N * 4 * C,
+                          False)
             matmul_backward(dln, g["fcw"][l], g["fcb"][l], dfch, a["ln2"][l], p["fcw"][l],
-                            N, C, 4 * C)
+                            N, C, 4 * C, 0.0)
             layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], dln, a["residual2"][l],
                                p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l], N, C)
             # the attention branch adds into it, making it d residual3[l - 1]
-            datty.fill(0.0)
             matmul_backward(datty, g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l],
-                            p["attprojw"][l], N, C, C)
+                            p["attprojw"][l], N, C, C, 0.0)
             dqkv.fill(0.0)
             attention_backward(dqkv, a["datt"], datty, a["qkv"][l], a["att"][l], B, T, C, NH)
-            dln.fill(0.0)
             matmul_backward(dln, g["qkvw"][l], g["qkvb"][l], dqkv, a["ln1"][l], p["qkvw"][l],
-                            N, C, 3 * C)
+                            N, C, 3 * C, 0.0)
             layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], dln, residual, p["ln1w"][l],
                                a["ln1_mean"][l], a["ln1_rstd"][l], N, C)
         encoder_backward(g["wte"], g["wpe"], dres, idx, B, T, C)

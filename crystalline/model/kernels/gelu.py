@@ -51,11 +51,21 @@ def gelu_forward(out, inp, n):
         out[i] = _HALF * x * (_ONE + tanh_rational(_K * (x + _A * x * x * x)))
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def gelu_grad(x):
+    """gelu'(x) in the precision of x."""
+    th = tanh_rational(_K * (x + _A * x * x * x))
+    dth = _K * (_ONE + _3A * x * x) * (_ONE - th * th)
+    return _HALF * (_ONE + th) + _HALF * x * dth
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def gelu_backward(dinp, inp, dout, n):
-    """Accumulate dinp += gelu'(inp) * dout."""
-    for i in range(n):
-        x = inp[i]
-        th = tanh_rational(_K * (x + _A * x * x * x))
-        dth = _K * (_ONE + _3A * x * x) * (_ONE - th * th)
-        dinp[i] += (_HALF * (_ONE + th) + _HALF * x * dth) * dout[i]
+def gelu_backward(dinp, inp, dout, n, accumulate=True):
+    """Accumulate dinp += gelu'(inp) * dout; accumulate=False overwrites (dinp = ...), so the
+    caller's scratch needs no zeroing pass."""
+    if accumulate:
+        for i in range(n):
+            dinp[i] += gelu_grad(inp[i]) * dout[i]
+    else:
+        for i in range(n):
+            dinp[i] = gelu_grad(inp[i]) * dout[i]
