@@ -27,7 +27,7 @@ from crystalline.errors import ConfigError
 from crystalline.model.kernels.attention import attention_backward, attention_forward
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward
 from crystalline.model.kernels.encoder import encoder_backward, encoder_forward
-from crystalline.model.kernels.gelu import gelu_backward, gelu_forward
+from crystalline.model.kernels.gelu import gelu_backward_from_grad, gelu_forward_keep_grad
 from crystalline.model.kernels.layernorm import layernorm_backward, layernorm_forward
 from crystalline.model.kernels.matmul import matmul_backward, matmul_forward
 from crystalline.model.kernels.residual import residual_forward
@@ -159,7 +159,8 @@ class GPT:
             layernorm_forward(a["ln2"][l], a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l],
                               p["ln2w"][l], p["ln2b"][l], N, C)
             matmul_forward(a["fch"][l], a["ln2"][l], p["fcw"][l], p["fcb"][l], N, C, 4 * C)
-            gelu_forward(a["fch_gelu"][l].reshape(-1), a["fch"][l].reshape(-1), N * 4 * C)
+            # fch becomes gelu'(fch): the backward needs only that
+            gelu_forward_keep_grad(a["fch_gelu"][l].reshape(-1), a["fch"][l].reshape(-1), N * 4 * C)
             matmul_forward(a["proj"], a["fch_gelu"][l], p["fcprojw"][l], p["fcprojb"][l],
                            N, 4 * C, C)
             residual_forward(a["residual3"][l].reshape(-1), a["residual2"][l].reshape(-1),
@@ -199,8 +200,8 @@ class GPT:
             # dinp_beta = 0.0: the scratch dinp is overwritten, not accumulated (no zeroing)
             matmul_backward(dfg, g["fcprojw"][l], g["fcprojb"][l], dres, a["fch_gelu"][l],
                             p["fcprojw"][l], N, 4 * C, C, 0.0)
-            gelu_backward(dfch.reshape(-1), a["fch"][l].reshape(-1), dfg.reshape(-1), N * 4 * C,
-                          False)
+            gelu_backward_from_grad(dfch.reshape(-1), a["fch"][l].reshape(-1), dfg.reshape(-1),
+                                    N * 4 * C)
             matmul_backward(dln, g["fcw"][l], g["fcb"][l], dfch, a["ln2"][l], p["fcw"][l],
                             N, C, 4 * C, 0.0)
             layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], dln, a["residual2"][l],

@@ -53,7 +53,7 @@ def activation_shapes(cfg, B: int, T: int) -> list[tuple[str, tuple[int, ...]]]:
         ("att", (L, B * NH * T * T)),            # causal softmax probabilities (B, NH, T, T)
         ("residual2", (L, N, C)),
         ("ln2", (L, N, C)), ("ln2_mean", (L, N)), ("ln2_rstd", (L, N)),
-        ("fch", (L, N, 4 * C)), ("fch_gelu", (L, N, 4 * C)),
+        ("fch", (L, N, 4 * C)), ("fch_gelu", (L, N, 4 * C)),  # fch ends as gelu'(fch)
         ("residual3", (L, N, C)),
         ("lnf", (N, C)), ("lnf_mean", (N,)), ("lnf_rstd", (N,)),
         ("logits", (N, V)), ("probs", (N, V)), ("losses", (N,)),
