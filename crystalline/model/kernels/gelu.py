@@ -3,7 +3,10 @@
 math.tanh does not vectorise in Numba (a libm call per element), which made GELU cost more than
 the matmuls around it. tanh_rational is Eigen's float32 rational approximation (odd degree-13
 numerator over even degree-6 denominator, input clamped to +-7.9053): only mul/add/div/min/max,
-so LLVM vectorises the loop; within ~3e-7 absolute of np.tanh (tests/test_kernels.py checks)."""
+so LLVM vectorises the loop; within ~3e-7 absolute of np.tanh (tests/test_kernels.py checks).
+
+The model uses the pair gelu_forward_keep_grad / gelu_backward_from_grad: the forward leaves
+gelu'(x) where x was, so the backward is one product instead of a second tanh."""
 
 import math
 
@@ -51,12 +54,14 @@ def gelu_forward(out, inp, n):
         out[i] = _HALF * x * (_ONE + tanh_rational(_K * (x + _A * x * x * x)))
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def gelu_grad(x):
-    """gelu'(x) in the precision of x."""
-    th = tanh_rational(_K * (x + _A * x * x * x))
-    dth = _K * (_ONE + _3A * x * x) * (_ONE - th * th)
-    return _HALF * (_ONE + th) + _HALF * x * dth
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def gelu_backward(dinp, inp, dout, n):
+    """Accumulate dinp += gelu'(inp) * dout."""
+    for i in range(n):
+        x = inp[i]
+        th = tanh_rational(_K * (x + _A * x * x * x))
+        dth = _K * (_ONE + _3A * x * x) * (_ONE - th * th)
+        dinp[i] += (_HALF * (_ONE + th) + _HALF * x * dth) * dout[i]
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -76,15 +81,3 @@ def gelu_backward_from_grad(dinp, grad, dout, n):
     """dinp = grad * dout (overwrites), grad = gelu'(inp) from gelu_forward_keep_grad."""
     for i in range(n):
         dinp[i] = grad[i] * dout[i]
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def gelu_backward(dinp, inp, dout, n, accumulate=True):
-    """Accumulate dinp += gelu'(inp) * dout; accumulate=False overwrites (dinp = ...), so the
-    caller's scratch needs no zeroing pass."""
-    if accumulate:
-        for i in range(n):
-            dinp[i] += gelu_grad(inp[i]) * dout[i]
-    else:
-        for i in range(n):
-            dinp[i] = gelu_grad(inp[i]) * dout[i]
