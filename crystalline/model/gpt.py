@@ -209,8 +209,8 @@ class GPT:
             # the attention branch adds into it, making it d residual3[l - 1]
             matmul_backward(datty, g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l],
                             p["attprojw"][l], N, C, C, 0.0)
-            dqkv.fill(0.0)
-            attention_backward(dqkv, a["datt"], datty, a["qkv"][l], a["att"][l], B, T, C, NH)
+            attention_backward(dqkv, a["datt"], datty, a["qkv"][l], a["att"][l], B, T, C, NH,
+                               False)
             matmul_backward(dln, g["qkvw"][l], g["qkvb"][l], dqkv, a["ln1"][l], p["qkvw"][l],
                             N, C, 3 * C, 0.0)
             layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], dln, residual, p["ln1w"][l],

@@ -46,9 +46,13 @@ def attention_forward(out, att, qkv, B, T, C, NH):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH):
-    """Accumulate into dqkv (N, 3C). datt: (T, T) scratch. dout: (N, C)."""
+def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate=True):
+    """Accumulate into dqkv (N, 3C); accumulate=False overwrites it (no zeroing pass needed).
+    datt: (T, T) scratch. dout: (N, C). The query blocks run last to first: the first one sees
+    every key, so it writes all of dk, dv and later blocks add to them."""
     hs = C // NH
+    keep = np.float32(1.0 if accumulate else 0.0)
+    last = (T - 1) // TILE * TILE
     C3 = 3 * C
     scale = np.float32(1.0 / math.sqrt(hs))
     for b in range(B):
@@ -58,14 +62,15 @@ def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH):
             v_off = q_off + 2 * C
             y_off = b * T * C + h * hs
             a_off = (b * NH + h) * T * T
-            for r0 in range(0, T, TILE):
+            for r0 in range(last, -1, -TILE):
                 r1 = min(r0 + TILE, T)
                 rb = r1 - r0
+                beta = keep if r0 == last else np.float32(1.0)   # for dk, dv (rows :r1)
                 # datt[r0:r1, :r1] = dy[r0:r1] @ v[:r1].T ; dv[:r1] += att[r0:r1, :r1].T @ dy[r0:r1]
                 gemm(N_, T_, rb, r1, hs, 1.0, dout, y_off + r0 * C, C, qkv, v_off, C3,
                      0.0, datt, r0 * T, T)
                 gemm(T_, N_, r1, hs, rb, 1.0, att, a_off + r0 * T, T, dout, y_off + r0 * C, C,
-                     1.0, dqkv, v_off, C3)
+                     beta, dqkv, v_off, C3)
                 # softmax backward: dscores = att * (datt - sum_j att * datt) * scale
                 for i in range(r0, r1):
                     p = att[b, h, i]
@@ -76,6 +81,6 @@ def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH):
                         d[j] = p[j] * (d[j] - sd) * scale
                 # dq[r0:r1] += dscores[r0:r1, :r1] @ k[:r1] ; dk[:r1] += dscores[r0:r1, :r1].T @ q[r0:r1]
                 gemm(N_, N_, rb, hs, r1, 1.0, datt, r0 * T, T, qkv, k_off, C3,
-                     1.0, dqkv, q_off + r0 * C3, C3)
+                     keep, dqkv, q_off + r0 * C3, C3)
                 gemm(T_, N_, r1, hs, rb, 1.0, datt, r0 * T, T, qkv, q_off + r0 * C3, C3,
-                     1.0, dqkv, k_off, C3)
+                     beta, dqkv, k_off, C3)
