@@ -14,7 +14,8 @@ from crystalline.model.kernels.attention import attention_backward, attention_fo
 from crystalline.model.kernels.clip import grad_norm, scale_
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward
 from crystalline.model.kernels.encoder import encoder_backward, encoder_forward
-from crystalline.model.kernels.gelu import gelu_backward, gelu_forward, tanh_rational
+from crystalline.model.kernels.gelu import (gelu_backward, gelu_backward_from_grad, gelu_forward,
+                                            gelu_forward_keep_grad, tanh_rational)
 from crystalline.model.kernels.layernorm import layernorm_backward, layernorm_forward
 from crystalline.model.kernels.matmul import matmul_backward, matmul_forward
 from crystalline.model.kernels.residual import residual_backward, residual_forward
@@ -129,6 +130,41 @@ def test_gelu():
     dx = np.zeros_like(x)
     gelu_backward(dx, x, dout, N * C)
     close(dx, fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x))
+
+
+def test_gelu_keeping_its_derivative():
+    """The model's pair: the forward leaves gelu'(x) in place of x, the backward multiplies."""
+    x, dout = f32(N * C, scale=2.0), f32(N * C)
+    out, kept = np.zeros_like(x), x.copy()
+    gelu_forward_keep_grad(out, kept, N * C)
+    np.testing.assert_allclose(out, ref.gelu(d(x)), rtol=0, atol=2e-6)
+    dx = np.full_like(x, np.nan)                          # overwritten, not accumulated
+    gelu_backward_from_grad(dx, kept, dout, N * C)
+    close(dx, fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x))
+
+
+def test_matmul_backward_overwriting_dinp():
+    OC = 5
+    x, w, dout, b = f32(N, C), f32(OC, C), f32(N, OC), f32(OC)
+    dx, dw, db = np.full_like(x, np.nan), np.zeros_like(w), np.zeros_like(b)
+    matmul_backward(dx, dw, db, dout, x, w, N, C, OC, 0.0)
+    close(dx, fd_grad(lambda v: (ref.matmul(v, d(w), d(b)) * dout).sum(), x))
+    close(dw, fd_grad(lambda v: (ref.matmul(d(x), v, d(b)) * dout).sum(), w))
+
+
+@pytest.mark.parametrize("T_", [3, 33, 70])
+def test_attention_backward_overwriting_dqkv(T_):
+    C_, NH = 8, 2
+    qkv, dout = f32(B, T_, 3 * C_), f32(B, T_, C_)
+    out, att = np.zeros((B * T_, C_), np.float32), np.zeros((B, NH, T_, T_), np.float32)
+    attention_forward(out, att, qkv.reshape(-1, 3 * C_), B, T_, C_, NH)
+    accumulated = np.zeros((B * T_, 3 * C_), np.float32)
+    attention_backward(accumulated, np.zeros((T_, T_), np.float32), dout.reshape(-1, C_),
+                       qkv.reshape(-1, 3 * C_), att, B, T_, C_, NH)
+    overwritten = np.full((B * T_, 3 * C_), np.nan, np.float32)
+    attention_backward(overwritten, np.zeros((T_, T_), np.float32), dout.reshape(-1, C_),
+                       qkv.reshape(-1, 3 * C_), att, B, T_, C_, NH, False)
+    np.testing.assert_allclose(overwritten, accumulated, rtol=1e-5, atol=1e-7)
 
 
 def test_residual():
