@@ -46,15 +46,11 @@ def ours(cfg, B, data):
 def theirs(cfg, B):
     import torch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-    from test_torch_parity import torch_loss
+    from test_torch_parity import torch_adamw, torch_loss
     from crystalline.model.gpt import GPT
-    from crystalline.model.layout import DECAYED
     torch.set_num_threads(1)
     tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in GPT(cfg, seed=0).param_views().items()}
-    opt = torch.optim.AdamW([
-        {"params": [tp[n] for n in tp if n in DECAYED], "weight_decay": 0.1},
-        {"params": [tp[n] for n in tp if n not in DECAYED], "weight_decay": 0.0}],
-        lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    opt = torch_adamw(tp)
 
     def step(x, y):
         loss, _ = torch_loss(tp, cfg, torch.from_numpy(x).long(), torch.from_numpy(y).long())

@@ -103,13 +103,9 @@ def gemm_rates(cfg, N, rounds=5, repeat=3):
 # ---------------------------------------------------------------- runners
 def torch_runner(cfg, threads):
     import torch
-    from test_torch_parity import torch_loss
-    from crystalline.model.layout import DECAYED
+    from test_torch_parity import torch_adamw, torch_loss
     tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in GPT(cfg, seed=0).param_views().items()}
-    opt = torch.optim.AdamW([
-        {"params": [tp[n] for n in tp if n in DECAYED], "weight_decay": 0.1},
-        {"params": [tp[n] for n in tp if n not in DECAYED], "weight_decay": 0.0}],
-        lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    opt = torch_adamw(tp)
     rng = np.random.default_rng(0)
 
     def step(B):

@@ -36,6 +36,14 @@ def torch_loss(p, cfg, idx, targets):
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1)), logits
 
 
+def torch_adamw(tp, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, **kw):
+    """torch.optim.AdamW over `tp` with our decay groups (crystalline.model.layout.DECAYED)."""
+    return torch.optim.AdamW([
+        {"params": [tp[n] for n in tp if n in DECAYED], "weight_decay": weight_decay},
+        {"params": [tp[n] for n in tp if n not in DECAYED], "weight_decay": 0.0},
+    ], lr=lr, betas=betas, eps=eps, **kw)
+
+
 def make(seed=0):
     model = GPT(CFG, seed=seed)
     rng = np.random.default_rng(seed + 1)
@@ -66,10 +74,7 @@ def test_ten_adamw_steps_match_torch():
     torch.set_num_threads(1)
     model, tp, x, y = make(seed=3)
     lr, betas, eps, wd = 1e-3, (0.9, 0.95), 1e-8, 0.1
-    opt = torch.optim.AdamW([
-        {"params": [tp[n] for n in tp if n in DECAYED], "weight_decay": wd},
-        {"params": [tp[n] for n in tp if n not in DECAYED], "weight_decay": 0.0},
-    ], lr=lr, betas=betas, eps=eps, foreach=False)
+    opt = torch_adamw(tp, lr, betas, eps, wd, foreach=False)
     m, v = np.zeros_like(model.params), np.zeros_like(model.params)
     tx, ty = torch.tensor(x, dtype=torch.long), torch.tensor(y, dtype=torch.long)
     ours, theirs = [], []
