@@ -389,6 +389,7 @@ def abort_on_error(comm=None):
         else:
             print(f"crystalline: rank {comm.rank} of {comm.size} raised:", file=sys.stderr)
             traceback.print_exc()
+        print(f"crystalline: rank {comm.rank} ends all {comm.size} ranks (MPI_Abort)", file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
         comm.Abort(2 if isinstance(exc, CrystallineError) else 1)
