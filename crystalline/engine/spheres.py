@@ -19,6 +19,7 @@ update is applied only if nothing aborted before it started, and then runs to it
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -75,7 +76,8 @@ class SphereTree:
         self.targets = [np.empty((c, T), dtype=np.int32) for c in self.counts]
         self.workspaces = [model.workspace(int(c)) if c else None for c in self.counts]
         self.loss_sums = np.zeros(n_workers, dtype=np.float64)   # worker w writes entry w only
-        self.model_lock = threading.Lock() if sync == "model_lock" else None
+        # The predecessor's global lock around forward + backward, or no lock at all.
+        self.compute_lock = threading.Lock() if sync == "model_lock" else contextlib.nullcontext()
 
         n = len(hierarchy.spheres)
         self.barrier_a = threading.Barrier(n)
@@ -176,19 +178,12 @@ class SphereTree:
         x, y, grad = self.inputs[w], self.targets[w], self.grads[w]
         tokens = count * self.model.config.block_size
         while True:
-            set_phase(row, "at_a")
-            t0 = time.perf_counter()
-            self.barrier_a.wait()
-            t1 = time.perf_counter()
-            job = self.job
+            t0, t1, job = self._meet_at_a(row)
             if job.kind == "exit":
                 return
             set_phase(row, "computing")
             if count:
-                if self.model_lock is not None:
-                    with self.model_lock:
-                        self._compute(job, ws, x, y, grad, w, tokens)
-                else:
+                with self.compute_lock:
                     self._compute(job, ws, x, y, grad, w, tokens)
             t2 = time.perf_counter()
             # Counters are written before Point B, so they are complete when the step returns.
@@ -206,6 +201,13 @@ class SphereTree:
             row[FIELD["tokens_per_s"]] = tokens / (t3 - t0)
             row[FIELD["updated"]] = time.time()
 
+    def _meet_at_a(self, row) -> tuple[float, float, Job]:
+        """Wait at Point A; (arrival time, release time, the job Node Zero handed out)."""
+        set_phase(row, "at_a")
+        t0 = time.perf_counter()
+        self.barrier_a.wait()
+        return t0, time.perf_counter(), self.job
+
     def _compute(self, job, ws, x, y, grad, w, tokens) -> None:
         loss = self.model.forward_into(ws, x, y)
         if job.kind == "train":
@@ -218,11 +220,7 @@ class SphereTree:
         parent_done = self.children_done[sphere.parent.id]
         n_control_children = sum(c.role == "control" for c in sphere.children)
         while True:
-            set_phase(row, "at_a")
-            t0 = time.perf_counter()
-            self.barrier_a.wait()
-            t1 = time.perf_counter()
-            job = self.job
+            t0, t1, job = self._meet_at_a(row)
             if job.kind == "exit":
                 return
             set_phase(row, "at_b")
