@@ -46,19 +46,14 @@ def ours(cfg, B, data):
 def theirs(cfg, B):
     import torch
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-    from test_torch_parity import torch_adamw, torch_loss
+    from test_torch_parity import torch_adamw, torch_train_step
     from crystalline.model.gpt import GPT
     torch.set_num_threads(1)
     tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in GPT(cfg, seed=0).param_views().items()}
     opt = torch_adamw(tp)
 
     def step(x, y):
-        loss, _ = torch_loss(tp, cfg, torch.from_numpy(x).long(), torch.from_numpy(y).long())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(tp.values()), 1.0)
-        opt.step()
-        return loss.item()
+        return torch_train_step(tp, opt, cfg, torch.from_numpy(x).long(), torch.from_numpy(y).long())
     return step
 
 

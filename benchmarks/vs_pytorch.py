@@ -103,7 +103,7 @@ def gemm_rates(cfg, N, rounds=5, repeat=3):
 # ---------------------------------------------------------------- runners
 def torch_runner(cfg, threads):
     import torch
-    from test_torch_parity import torch_adamw, torch_loss
+    from test_torch_parity import torch_adamw, torch_train_step
     tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in GPT(cfg, seed=0).param_views().items()}
     opt = torch_adamw(tp)
     rng = np.random.default_rng(0)
@@ -112,12 +112,7 @@ def torch_runner(cfg, threads):
         torch.set_num_threads(threads)       # every call: threadpoolctl limits OpenMP too
         data = torch.from_numpy(rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1)))
         x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-        loss, _ = torch_loss(tp, cfg, x, y)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(tp.values()), 1.0)
-        opt.step()
-        return loss.item()
+        return torch_train_step(tp, opt, cfg, x, y)
     return step
 
 

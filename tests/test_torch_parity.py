@@ -44,6 +44,16 @@ def torch_adamw(tp, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, **kw
     ], lr=lr, betas=betas, eps=eps, **kw)
 
 
+def torch_train_step(tp, opt, cfg, x, y, clip=1.0) -> float:
+    """One PyTorch step on (B, T) long tensors: loss, backward, gradient clipping, AdamW."""
+    loss, _ = torch_loss(tp, cfg, x, y)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(tp.values()), clip)
+    opt.step()
+    return loss.item()
+
+
 def make(seed=0):
     model = GPT(CFG, seed=seed)
     rng = np.random.default_rng(seed + 1)
