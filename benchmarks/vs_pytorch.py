@@ -17,9 +17,9 @@ Prints, all measured in this one run:
   * compile: a subprocess with an empty NUMBA_CACHE_DIR (a fresh install) and one with the
     cache just written (every later process): seconds to import, to build the trainer, of the
     first step, and of the second step (the step time, apart).
-  * scale: Trainer(workers=63) against Trainer(workers=2), global batch 64, alternated; the
-    top-level groups' tokens/s (stats.group_tokens_per_s) slowest / fastest, and per group
-    tokens per compute-second (the kernels' balance, apart from how many sequences a group has).
+  * scale: Trainer(workers=63) against Trainer(workers=2), alternated, at global batch 64 (one
+    sequence per worker) and 252 (four); the top-level groups' tokens/s
+    (stats.group_tokens_per_s) slowest / fastest.
 """
 
 import argparse
@@ -201,9 +201,8 @@ def compile_times():
 
 
 # ---------------------------------------------------------------- scale
-def scale(cfg, args):
-    from crystalline.engine.stats import FIELD, group_tokens_per_s
-    B = 64
+def scale(cfg, args, B):
+    from crystalline.engine.stats import group_tokens_per_s
     trainers = {n: our_trainer(cfg, n, B) for n in (2, 63)}
     for tr in trainers.values():
         tr.step()
@@ -215,32 +214,24 @@ def scale(cfg, args):
             tr.step()
             times[n].append(time.perf_counter() - t)
             if n == 63:
-                snap = tr.stats.snapshot()
-                per_group = group_tokens_per_s(snap)
-                workers = snap["role"] == "worker"
-                g = snap["group"][workers]
-                rate = np.bincount(g, weights=snap["last_tokens"][workers], minlength=12)[:12]
-                groups.append((per_group, rate))
-    # per group tokens per compute-second, over the timed steps
+                groups.append(group_tokens_per_s(tr.stats.snapshot()))
     snap = trainers[63].stats.snapshot()
     w = snap["role"] == "worker"
-    tok = np.bincount(snap["group"][w], weights=snap["tokens"][w], minlength=12)[:12]
-    cs = np.bincount(snap["group"][w], weights=snap["compute_s"][w], minlength=12)[:12]
+    sequences = np.bincount(snap["group"][w], weights=snap["last_tokens"][w], minlength=12)[:12]
     for tr in trainers.values():
         tr.close()
     tokens = B * cfg.block_size
     t2, t63 = statistics.median(times[2]), statistics.median(times[63])
     paired = statistics.median(a / b for a, b in zip(times[2], times[63]))
-    per_group = np.median([p for p, _ in groups], axis=0)
+    per_group = np.median(groups, axis=0)
+    print(f"\nbatch {B} ({B / 63:.1f} sequences per worker at 63 workers)")
     print(f"workers=2 : {tokens / t2:7.0f} tokens/s   workers=63: {tokens / t63:7.0f} tokens/s  "
-          f"(batch {B}; rounds 63w: {', '.join(f'{tokens / t:.0f}' for t in times[63])})")
+          f"(rounds 63w: {', '.join(f'{tokens / t:.0f}' for t in times[63])})")
     print(f"63 / 2 workers: {t2 / t63:.2f}x of medians, {paired:.2f}x median of per-round ratios")
     print(f"63 workers, group tokens/s (stats.group_tokens_per_s): slowest / fastest = "
           f"{per_group.min() / per_group.max():.2f}  [{', '.join(f'{x:.0f}' for x in per_group)}]")
-    print(f"  sequences per group: {', '.join(str(int(x / cfg.block_size)) for x in groups[-1][1])} "
-          f"(split_batch gives groups 6 or 5 workers, worker 0 two sequences)")
-    rate = tok / cs
-    print(f"  tokens per compute-second per group: slowest / fastest = {rate.min() / rate.max():.2f}")
+    print(f"  sequences per group: {', '.join(str(int(x / cfg.block_size)) for x in sequences)} "
+          "(split_by_group deals the batch over the 12 groups first)")
 
 
 def main():
@@ -248,6 +239,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2, help="steps timed per runner per round")
     ap.add_argument("--scale-rounds", type=int, default=3)
+    ap.add_argument("--scale-batches", default="64,252",
+                    help="global batches of the 63- against 2-worker comparison")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: compare,compile,scale")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -260,7 +253,8 @@ def main():
     if "compare" not in skip:
         compare(cfg, args)
     if "scale" not in skip:
-        scale(cfg, args)
+        for batch in map(int, args.scale_batches.split(",")):
+            scale(cfg, args, batch)
 
 
 if __name__ == "__main__":

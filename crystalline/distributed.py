@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from crystalline.engine.hierarchy import Hierarchy
-from crystalline.engine.reduce import split_batch
+from crystalline.engine.reduce import split_batch, split_by_group
 from crystalline.engine.trainer import Trainer, TrainingStopped
 from crystalline.errors import ConfigError, CrystallineError, TrainingError
 
@@ -310,7 +310,7 @@ def distributed_graph(ranks, batch_size: int | None = None, node_data: list | No
                  "position": k, "worker_index": -1, "workers": len(h.workers)}
         if slices is not None:
             attrs["sequences"] = (int(slices[0][k]), int(slices[1][k]))
-            starts, counts = split_batch(attrs["sequences"][1], len(h.workers))
+            starts, counts = split_by_group(attrs["sequences"][1], [w.group for w in h.workers])
             starts += attrs["sequences"][0]
         g.add_node(rank_node, **attrs)
         g.add_edge("cluster", rank_node)

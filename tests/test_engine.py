@@ -112,6 +112,17 @@ def test_stats_add_up_and_fill_every_time_field(shakespeare):
     assert sum(tr.history[-1]["group_tokens_per_s"]) > 0
 
 
+def test_every_symmetry_group_gets_the_same_tokens_when_12_divides_the_batch(shakespeare):
+    # 15 workers: groups 0-2 hold two workers, groups 3-11 one; 24 sequences = 2 per group
+    with make_trainer(shakespeare, workers=15) as tr:
+        tr.step()
+        snap = tr.stats.snapshot()
+    workers = snap["role"] == "worker"
+    per_group = np.bincount(snap["group"][workers], weights=snap["tokens"][workers], minlength=12)
+    assert (per_group == 2 * MODEL_CFG.block_size).all()
+    assert sorted(snap["tokens"][workers] // MODEL_CFG.block_size) == [1] * 6 + [2] * 9
+
+
 def test_idle_workers_when_more_workers_than_sequences(shakespeare, reference):
     with make_trainer(shakespeare, workers=30) as tr:     # 24 sequences: 6 workers idle
         for _ in range(3):

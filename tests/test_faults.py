@@ -27,8 +27,8 @@ def poison_gradient(tr, at_steps, value=np.nan):
     original = tr.model.backward_into
     target = f"sphere-{tr.hierarchy.workers[1].id}-worker"
 
-    def backward_into(ws, grad, dloss):
-        original(ws, grad, dloss)
+    def backward_into(ws, grad, dloss, **kw):
+        original(ws, grad, dloss, **kw)
         if tr.steps_done in at_steps and threading.current_thread().name == target:
             grad[123] = value
 

@@ -143,11 +143,11 @@ def test_gelu_keeping_its_derivative():
     close(dx, fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x))
 
 
-def test_matmul_backward_overwriting_dinp():
+def test_matmul_backward_overwriting_dinp_and_dweight():
     OC = 5
     x, w, dout, b = f32(N, C), f32(OC, C), f32(N, OC), f32(OC)
-    dx, dw, db = np.full_like(x, np.nan), np.zeros_like(w), np.zeros_like(b)
-    matmul_backward(dx, dw, db, dout, x, w, N, C, OC, 0.0)
+    dx, dw, db = np.full_like(x, np.nan), np.full_like(w, np.nan), np.zeros_like(b)
+    matmul_backward(dx, dw, db, dout, x, w, N, C, OC, 0.0, 0.0)
     close(dx, fd_grad(lambda v: (ref.matmul(v, d(w), d(b)) * dout).sum(), x))
     close(dw, fd_grad(lambda v: (ref.matmul(d(x), v, d(b)) * dout).sum(), w))
 

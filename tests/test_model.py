@@ -122,6 +122,19 @@ def test_workspace_reuse_is_repeatable_and_accumulates():
     np.testing.assert_allclose(g2, 2 * g1, rtol=1e-5, atol=1e-6 * np.abs(g1).max())
 
 
+def test_backward_without_accumulate_overwrites_every_gradient_tensor():
+    model = jiggled(TINY)
+    ws = model.workspace(3)
+    model.forward_into(ws, *batch(TINY, 3, 32, seed=4))
+    expected = np.zeros_like(model.params)
+    model.backward_into(ws, expected, 1.0)
+    row = np.full_like(model.params, np.nan)      # stale values everywhere, padding included
+    model.backward_into(ws, row, 1.0, accumulate=False)
+    got, want = model.param_views(row), model.param_views(expected)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def test_threads_match_serial():
     model = jiggled(TINY)
     batches = [batch(TINY, 2, 32, seed=10 + i) for i in range(4)]

@@ -1,4 +1,5 @@
-"""The global batch split over workers, and the tree reduction plan over gradient segments.
+"""The global batch split over workers and groups, and the tree reduction plan over gradient
+segments.
 
 Gradients live in one `[n_workers, P]` float32 array, one row (segment) per worker. Control
 spheres own no gradient buffer: each sums its children's results *in place into its first
@@ -20,6 +21,26 @@ def split_batch(batch_size: int, n_workers: int) -> tuple[np.ndarray, np.ndarray
     """
     counts = np.full(n_workers, batch_size // n_workers, dtype=np.int64)
     counts[: batch_size % n_workers] += 1
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return starts, counts
+
+
+def split_by_group(batch_size: int, groups) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, counts) of each worker's micro-batch, dealt so the symmetry groups carry equal load.
+
+    groups: (n_workers,) top-level group of each worker, by worker index. The batch is split
+    over the groups that have workers (split_batch), then each group's share over its workers in
+    index order; worker w computes sequences [start, start + count) of the step. When the number
+    of groups divides the batch, every group gets the same tokens even where groups hold
+    different numbers of workers (63 workers: groups of 6 and 5).
+    """
+    groups = np.asarray(groups)
+    counts = np.zeros(len(groups), dtype=np.int64)
+    present = np.unique(groups)
+    _, shares = split_batch(batch_size, len(present))
+    for group, share in zip(present, shares):
+        members = np.flatnonzero(groups == group)
+        counts[members] = split_batch(int(share), len(members))[1]
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     return starts, counts
 

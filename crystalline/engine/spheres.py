@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crystalline.engine.reduce import reduce_rows, reduction_plan, split_batch
+from crystalline.engine.reduce import reduce_rows, reduction_plan, split_by_group
 from crystalline.engine.stats import FIELD, PHASES, set_phase
 
 SYNC_MODES = ("lock_free", "model_lock")
@@ -65,13 +65,14 @@ class SphereTree:
         self.hierarchy, self.model, self.stats, self.update = hierarchy, model, stats, update
         self.tokens_per_step = count * T
         n_workers = len(hierarchy.workers)
-        self.starts, self.counts = split_batch(count, n_workers)
+        self.starts, self.counts = split_by_group(count, [s.group for s in hierarchy.workers])
         self.starts += first
         self.plan, self.root_row = reduction_plan(hierarchy, self.counts)
         self.plan = {cid: (target, np.array(sources, dtype=np.int64))
                      for cid, (target, sources) in self.plan.items()}
-        # Rows of idle workers are never touched, so np.empty costs them no memory.
-        self.grads = np.empty((n_workers, model.num_parameters), dtype=np.float32)
+        # Each step's backward overwrites its worker's row; the layout's padding floats stay 0.
+        # Rows of idle workers are never touched, so np.zeros costs them no memory.
+        self.grads = np.zeros((n_workers, model.num_parameters), dtype=np.float32)
         self.inputs = [np.empty((c, T), dtype=np.int32) for c in self.counts]
         self.targets = [np.empty((c, T), dtype=np.int32) for c in self.counts]
         self.workspaces = [model.workspace(int(c)) if c else None for c in self.counts]
@@ -211,8 +212,7 @@ class SphereTree:
     def _compute(self, job, ws, x, y, grad, w, tokens) -> None:
         loss = self.model.forward_into(ws, x, y)
         if job.kind == "train":
-            grad.fill(0.0)
-            self.model.backward_into(ws, grad, 1.0)
+            self.model.backward_into(ws, grad, 1.0, accumulate=False)
         self.loss_sums[w] = loss * tokens
 
     def _control_loop(self, sphere) -> None:

@@ -11,6 +11,7 @@ distinct workspaces and gradient rows against the same read-only parameters:
     ws = model.workspace(max_batch)                # all activations, allocated once
     loss = model.forward_into(ws, idx, targets, params)
     model.backward_into(ws, grad_row, dloss)       # grad_row += dloss * d(sum of token losses)
+    model.backward_into(ws, grad_row, dloss, accumulate=False)    # grad_row = ... (no zeroing)
 
 The gradient is a plain sum over tokens (no batch statistic anywhere), so gradients of slices of a
 batch, summed and divided by the token count, equal the full batch's gradient.
@@ -35,6 +36,9 @@ from crystalline.model.layout import (DECAYED, activation_shapes, make_layout, p
                                       views)
 
 _NO_BIAS = np.zeros(0, np.float32)
+# Gradients the backward writes whole with one BLAS product (beta = 0 when not accumulating);
+# every other gradient tensor is added into, so it is zeroed first.
+_GEMM_WRITTEN = {"wte", "qkvw", "attprojw", "fcw", "fcprojw"}
 _PER_LAYER = {"ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "residual2", "ln2", "ln2_mean",
               "ln2_rstd", "fch", "fch_gelu", "residual3"}
 
@@ -80,7 +84,8 @@ class GPT:
         for name in DECAYED:
             masks[name][...] = 1.0
         self._ws = None
-        self._grads = None
+        self._added_into = [(off, int(np.prod(shape))) for name, shape, off in self.layout
+                            if name not in _GEMM_WRITTEN]
 
     def _init_weights(self, seed):
         rng = np.random.default_rng(seed)
@@ -174,8 +179,13 @@ class GPT:
         total = crossentropy_forward(a["probs"], a["losses"], a["logits"], targets.reshape(-1), N, V)
         return total / N
 
-    def backward_into(self, ws: Workspace, grad_row, dloss: float = 1.0) -> None:
-        """grad_row += dloss * gradient of the SUM of token losses of ws's last forward_into."""
+    def backward_into(self, ws: Workspace, grad_row, dloss: float = 1.0,
+                      accumulate: bool = True) -> None:
+        """grad_row += dloss * gradient of the SUM of token losses of ws's last forward_into.
+
+        accumulate=False overwrites grad_row instead (no zeroing pass over the large weight
+        gradients, which BLAS then never reads back); the layout's padding floats are left as
+        they are."""
         if ws.state is None or ws.state[2] is None:
             raise ConfigError("backward_into needs a forward_into with targets on this workspace first")
         if (not isinstance(grad_row, np.ndarray) or grad_row.dtype != np.float32
@@ -188,9 +198,13 @@ class GPT:
         p, g, a = self.param_views(params), self.param_views(grad_row), ws.shaped(cfg, B, T)
         dres, dln, datty, dqkv, dfch, dfg = (a["dresidual"], a["dln"], a["datty"], a["dqkv"],
                                              a["dfch"], a["dfch_gelu"])
+        if not accumulate:
+            for offset, size in self._added_into:
+                grad_row[offset:offset + size] = 0.0
+        wb = 1.0 if accumulate else 0.0       # beta of every weight-gradient product
         a["dlogits"].fill(0.0)
         crossentropy_backward(a["dlogits"], a["probs"], targets.reshape(-1), float(dloss), N, V)
-        matmul_backward(dln, g["wte"], _NO_BIAS, a["dlogits"], a["lnf"], p["wte"], N, C, V, 0.0)
+        matmul_backward(dln, g["wte"], _NO_BIAS, a["dlogits"], a["lnf"], p["wte"], N, C, V, 0.0, wb)
         dres.fill(0.0)
         layernorm_backward(dres, g["lnfw"], g["lnfb"], dln, a["residual3"][L - 1], p["lnfw"],
                            a["lnf_mean"], a["lnf_rstd"], N, C)
@@ -199,20 +213,20 @@ class GPT:
             # dres holds d residual3[l]; the MLP branch adds into it, making it d residual2[l]
             # dinp_beta = 0.0: the scratch dinp is overwritten, not accumulated (no zeroing)
             matmul_backward(dfg, g["fcprojw"][l], g["fcprojb"][l], dres, a["fch_gelu"][l],
-                            p["fcprojw"][l], N, 4 * C, C, 0.0)
+                            p["fcprojw"][l], N, 4 * C, C, 0.0, wb)
             gelu_backward_from_grad(dfch.reshape(-1), a["fch"][l].reshape(-1), dfg.reshape(-1),
                                     N * 4 * C)
             matmul_backward(dln, g["fcw"][l], g["fcb"][l], dfch, a["ln2"][l], p["fcw"][l],
-                            N, C, 4 * C, 0.0)
+                            N, C, 4 * C, 0.0, wb)
             layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], dln, a["residual2"][l],
                                p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l], N, C)
             # the attention branch adds into it, making it d residual3[l - 1]
             matmul_backward(datty, g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l],
-                            p["attprojw"][l], N, C, C, 0.0)
+                            p["attprojw"][l], N, C, C, 0.0, wb)
             attention_backward(dqkv, a["datt"], datty, a["qkv"][l], a["att"][l], B, T, C, NH,
                                False)
             matmul_backward(dln, g["qkvw"][l], g["qkvb"][l], dqkv, a["ln1"][l], p["qkvw"][l],
-                            N, C, 3 * C, 0.0)
+                            N, C, 3 * C, 0.0, wb)
             layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], dln, residual, p["ln1w"][l],
                                a["ln1_mean"][l], a["ln1_rstd"][l], N, C)
         encoder_backward(g["wte"], g["wpe"], dres, idx, B, T, C)

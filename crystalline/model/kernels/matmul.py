@@ -20,12 +20,14 @@ def matmul_forward(out, inp, weight, bias, N, C, OC):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, dinp_beta=1.0):
+def matmul_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, dinp_beta=1.0,
+                    dweight_beta=1.0):
     """Accumulate dinp += dout @ weight, dweight += dout.T @ inp, dbias += column sums of dout.
     dinp_beta = 0.0 overwrites dinp instead (dinp = dout @ weight): the caller's scratch then
-    needs no zeroing pass, and BLAS does not read it back."""
+    needs no zeroing pass, and BLAS does not read it back. dweight_beta = 0.0 likewise
+    overwrites dweight (dbias still accumulates)."""
     gemm(N_, N_, N, C, OC, 1.0, dout, 0, OC, weight, 0, C, dinp_beta, dinp, 0, C)
-    gemm(T_, N_, OC, C, N, 1.0, dout, 0, OC, inp, 0, C, 1.0, dweight, 0, C)
+    gemm(T_, N_, OC, C, N, 1.0, dout, 0, OC, inp, 0, C, dweight_beta, dweight, 0, C)
     if dbias.shape[0] != 0:
         for n in range(N):
             for o in range(OC):
