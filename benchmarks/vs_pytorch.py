@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from crystalline.config import TrainConfig, preset  # noqa: E402
 # Load the kernels' BLAS before any threadpool_limits (threadpoolctl limits only loaded libraries).
 from crystalline.model.gpt import GPT  # noqa: E402
+from crystalline.model.kernels import blas  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 CORPUS = ROOT / "data" / "tinyshakespeare.txt"
@@ -142,6 +143,7 @@ def compare(cfg, args):
         step(B)
     info = [i for i in threadpool_info() if i["user_api"] == "blas"]
     print("BLAS while training:", [(i["prefix"], i.get("architecture"), i["num_threads"]) for i in info])
+    print("kernels' sgemm:", blas.PROVIDER)
     wall = {k: [] for k in runners}
     cpu = {k: [] for k in runners}
     for _ in range(args.rounds):

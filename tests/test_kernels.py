@@ -280,3 +280,27 @@ def test_simd_reductions_and_exp32(n):
     e = np.array([exp32(v) for v in -np.geomspace(1e-6, 80, 50).astype(np.float32)])
     np.testing.assert_allclose(e, np.exp(-np.geomspace(1e-6, 80, 50).astype(np.float32).astype(np.float64)),
                                rtol=3e-7)
+
+
+@pytest.mark.parametrize("provider", ["bound", "numba shim"])
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+def test_sgemm_providers_compute_row_major_products_with_strides(provider, ta, tb):
+    """Both ways blas.py can bind crystalline_cblas_sgemm: C = 2 op(A) op(B) + 0.5 C on row
+    slices of wider arrays (leading dimensions larger than the columns used)."""
+    import ctypes
+
+    from crystalline.model.kernels import blas
+    address = blas._ADDRESS if provider == "bound" else blas._numba_blas_shim()[0]
+    i64, cf, fp = ctypes.c_int64, ctypes.c_float, ctypes.POINTER(ctypes.c_float)
+    sgemm = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, cf,
+                             fp, i64, fp, i64, cf, fp, i64)(address)
+    M, N, K = 5, 7, 3
+    A = f32(*((K, M + 2) if ta else (M, K + 2)))
+    B, Cm = f32(*((N, K + 1) if tb else (K, N + 1))), f32(M, N + 3)
+    a = A[:, :M].T if ta else A[:, :K]
+    b = B[:, :K].T if tb else B[:, :N]
+    expected = 2 * d(a) @ d(b) + 0.5 * d(Cm[:, :N])
+    ptr = lambda x: x.ctypes.data_as(fp)  # noqa: E731
+    sgemm(blas.ROW_MAJOR, blas.T_ if ta else blas.N_, blas.T_ if tb else blas.N_, M, N, K, 2.0,
+          ptr(A), A.shape[1], ptr(B), B.shape[1], 0.5, ptr(Cm), Cm.shape[1])
+    np.testing.assert_allclose(Cm[:, :N], expected, rtol=1e-5, atol=1e-5)

@@ -7,30 +7,35 @@ C-contiguous float32 arrays of any rank addressed by an element offset and a row
 head's q/k/v columns inside qkv (B, T, 3C) are used in place), op(X) = X or X.T ('N' / 'T').
 beta = 1 accumulates, which is how every backward product adds into its gradient buffer.
 
-It calls the same BLAS sgemm that numba's own np.dot uses (numba's helper `numba_xxgemm`, which
-looks up scipy.linalg.cython_blas once), linked by symbol name, so kernels using it stay
-cacheable (cache=True) and release the GIL. Row-major C = op(A) op(B) is column-major
-C.T = op(B).T op(A).T, hence the swapped arguments below.
+Kernels call the symbol `crystalline_cblas_sgemm` (an ILP64 cblas_sgemm) by name, so they stay
+cacheable (cache=True) and release the GIL; this module binds that name at import (PROVIDER):
+
+  * numpy's bundled OpenBLAS (`scipy_cblas_sgemm64_`, numpy >= 2 wheels): its weight-gradient
+    products (op(A) = A.T) run 10-15% faster here than those of scipy's older copy;
+  * otherwise a shim over the sgemm that numba's own np.dot uses (`numba_xxgemm`, which finds
+    scipy.linalg.cython_blas): row-major C = op(A) op(B) is column-major C.T = op(B).T op(A).T.
 """
 
-from llvmlite import ir
-from numba import njit, types
+import ctypes
+
+import numpy  # noqa: F401  (loads numpy's OpenBLAS before threadpool_info looks for it)
+from llvmlite import binding
+from numba import cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.linalg import ensure_blas
+from threadpoolctl import threadpool_info
 
 from crystalline.config import FASTMATH
 
-ensure_blas()
-
-_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
-    types.char, types.char, types.char, types.intp, types.intp, types.intp,
-    types.CPointer(types.float32), types.CPointer(types.float32), types.intp,
-    types.CPointer(types.float32), types.intp, types.CPointer(types.float32),
-    types.CPointer(types.float32), types.intp))
-
-N_ = 78  # ord('N')
-T_ = 84  # ord('T')
+ROW_MAJOR = 101
+N_ = 111   # CblasNoTrans
+T_ = 112   # CblasTrans
+_F32P = types.CPointer(types.float32)
+_CBLAS_SGEMM = types.void(types.intc, types.intc, types.intc, types.int64, types.int64,
+                          types.int64, types.float32, _F32P, types.int64, _F32P, types.int64,
+                          types.float32, _F32P, types.int64)
+_ILP64_NAMES = ("scipy_cblas_sgemm64_", "cblas_sgemm64_")
 
 
 @intrinsic
@@ -43,16 +48,54 @@ def _ptr(typingctx, arr, offset):
         ary = context.make_array(sig.args[0])(context, builder, args[0])
         off = context.cast(builder, args[1], sig.args[1], types.intp)
         return builder.gep(ary.data, [off])
-    return types.CPointer(types.float32)(arr, offset), codegen
+    return _F32P(arr, offset), codegen
 
 
 @intrinsic
 def _slot(typingctx, value):
-    """Pointer to a stack slot holding float32(value) (BLAS takes alpha and beta by reference)."""
+    """Pointer to a stack slot holding float32(value) (Fortran BLAS takes scalars by reference)."""
     def codegen(context, builder, sig, args):
         v = context.cast(builder, args[0], sig.args[0], types.float32)
         return cgutils.alloca_once_value(builder, v)
-    return types.CPointer(types.float32)(value), codegen
+    return _F32P(value), codegen
+
+
+def _ilp64_openblas_sgemm():
+    """(address, description) of an ILP64 cblas_sgemm in a loaded OpenBLAS, or None."""
+    for info in threadpool_info():
+        if info.get("internal_api") != "openblas":
+            continue
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
+        for name in _ILP64_NAMES:
+            if hasattr(lib, name):
+                address = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                return address, f"OpenBLAS {info.get('version')} ({name}, {info['filepath']})"
+    return None
+
+
+def _numba_blas_shim():
+    """(address, description) of a cblas_sgemm-shaped shim over numba's numba_xxgemm."""
+    xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+        types.char, types.char, types.char, types.intp, types.intp, types.intp,
+        _F32P, _F32P, types.intp, _F32P, types.intp, _F32P, _F32P, types.intp))
+
+    @cfunc(_CBLAS_SGEMM, nopython=True)
+    def shim(order, transa, transb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc):
+        ta = 84 if transa == T_ else 78        # 'T' / 'N'
+        tb = 84 if transb == T_ else 78
+        xxgemm(115, tb, ta, N, M, K, _slot(alpha), B, ldb, A, lda, _slot(beta), C, ldc)
+
+    _numba_blas_shim.keep = shim              # the address lives as long as the cfunc object
+    return shim.address, "numba's BLAS (scipy.linalg.cython_blas sgemm, numba_xxgemm)"
+
+
+ensure_blas()   # numba_xxgemm's lookup: the fallback, and kernels cached before this module changed
+_ADDRESS, PROVIDER = _ilp64_openblas_sgemm() or _numba_blas_shim()
+binding.add_symbol("crystalline_cblas_sgemm", _ADDRESS)
+_sgemm = types.ExternalFunction("crystalline_cblas_sgemm", _CBLAS_SGEMM)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -60,5 +103,5 @@ def gemm(transa, transb, M, N, K, alpha, A, a_off, lda, B, b_off, ldb, beta, Cm,
     """Row-major Cm (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * Cm. trans: N_ or T_."""
     if M == 0 or N == 0:
         return
-    _xxgemm(115, transb, transa, N, M, K, _slot(alpha), _ptr(B, b_off), ldb,
-            _ptr(A, a_off), lda, _slot(beta), _ptr(Cm, c_off), ldc)
+    _sgemm(ROW_MAJOR, transa, transb, M, N, K, alpha, _ptr(A, a_off), lda, _ptr(B, b_off), ldb,
+           beta, _ptr(Cm, c_off), ldc)
