@@ -37,7 +37,8 @@ def cases(B, T, C, L, NH, V, P):
     idx = r.integers(0, V, (B, T)).astype(np.int32)
     x, x2, x3, w, b, mean, rstd = f(N, C), f(N, C), f(N, C), f(C), f(C), f(N), f(N)
     qkv, att, datt = f(N, 3 * C), np.zeros((B, NH, T, T), np.float32), f(T, T)
-    attention_forward(f(N, C), att, qkv, B, T, C, NH)
+    scratch = f(C // NH * T)
+    attention_forward(f(N, C), att, qkv, B, T, C, NH, scratch)
     h4, h4b, h4c, probs, tg = f(N * 4 * C), f(N * 4 * C), f(N * 4 * C), f(N, V), idx.reshape(-1)
     p, g, m, v, mask = f(P), f(P), f(P), np.abs(f(P)), np.ones(P, np.float32)
     mm = lambda OC, IC: (f(N, OC), f(N, IC), f(OC, IC), f(OC))  # noqa: E731
@@ -55,8 +56,8 @@ def cases(B, T, C, L, NH, V, P):
          lambda: layernorm_backward(x3, f(C), f(C), x2, x, w, mean, rstd, N, C)),
         ("matmul qkv", L, 2 * N * C * 3 * C, lambda: matmul_forward(q1[0], q1[1], q1[2], q1[3], N, C, 3 * C),
          lambda: matmul_backward(g1[1], g1[2], g1[3], q1[0], q1[1], q1[2], N, C, 3 * C)),
-        ("attention", L, att_fl, lambda: attention_forward(x, att, qkv, B, T, C, NH),
-         lambda: attention_backward(qkv, datt, x, qkv, att, B, T, C, NH)),
+        ("attention", L, att_fl, lambda: attention_forward(x, att, qkv, B, T, C, NH, scratch),
+         lambda: attention_backward(qkv, datt, x, qkv, att, B, T, C, NH, scratch)),
         ("matmul attproj", L, 2 * N * C * C, lambda: matmul_forward(q2[0], q2[1], q2[2], q2[3], N, C, C),
          lambda: matmul_backward(g2[1], g2[2], g2[3], q2[0], q2[1], q2[2], N, C, C)),
         ("residual", 2 * L, N * C, lambda: residual_forward(x3.reshape(-1), x.reshape(-1), x2.reshape(-1), N * C),

@@ -10,7 +10,7 @@ import pytest
 
 import reference as ref
 from crystalline.model.kernels.adamw import adamw_step
-from crystalline.model.kernels.attention import attention_backward, attention_forward
+from crystalline.model.kernels.attention import attention_backward, attention_forward, tiled
 from crystalline.model.kernels.clip import grad_norm, scale_
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward
 from crystalline.model.kernels.encoder import encoder_backward, encoder_forward
@@ -27,6 +27,11 @@ rng = np.random.default_rng(1234)
 
 def f32(*shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def head_scratch(T, C, NH):
+    """attention's transposed-head scratch, NaN so any read before a write shows."""
+    return np.full(C // NH * T, np.nan, np.float32)
 
 
 def fd_grad(f, x, h=1e-6):
@@ -102,14 +107,14 @@ def test_attention(T_, C_, NH):
     qkv, dout = f32(B, T_, 3 * C_), f32(B, T_, C_)
     out = np.zeros((B * T_, C_), np.float32)
     att = np.full((B, NH, T_, T_), np.nan, np.float32)    # every entry must be written
-    attention_forward(out, att, qkv.reshape(B * T_, 3 * C_), B, T_, C_, NH)
+    attention_forward(out, att, qkv.reshape(B * T_, 3 * C_), B, T_, C_, NH, head_scratch(T_, C_, NH))
     y, p = ref.attention(d(qkv), NH)
     np.testing.assert_allclose(out, y.reshape(B * T_, C_), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(att, p, rtol=1e-5, atol=1e-7)
     dqkv = np.zeros((B * T_, 3 * C_), np.float32)
     datt = np.full((T_, T_), np.nan, np.float32)          # scratch: contents irrelevant
     attention_backward(dqkv, datt, dout.reshape(B * T_, C_), qkv.reshape(B * T_, 3 * C_), att,
-                       B, T_, C_, NH)
+                       B, T_, C_, NH, head_scratch(T_, C_, NH))
     close(dqkv.reshape(B, T_, 3 * C_),
           fd_grad(lambda v: (ref.attention(v, NH)[0] * dout).sum(), qkv))
 
@@ -152,18 +157,18 @@ def test_matmul_backward_overwriting_dinp_and_dweight():
     close(dw, fd_grad(lambda v: (ref.matmul(d(x), v, d(b)) * dout).sum(), w))
 
 
-@pytest.mark.parametrize("T_", [3, 33, 70])
-def test_attention_backward_overwriting_dqkv(T_):
-    C_, NH = 8, 2
+@pytest.mark.parametrize("T_, C_, NH", [(3, 8, 2), (33, 8, 2), (70, 8, 2), (32, 32, 2), (48, 32, 1)])
+def test_attention_backward_overwriting_dqkv(T_, C_, NH):
     qkv, dout = f32(B, T_, 3 * C_), f32(B, T_, C_)
     out, att = np.zeros((B * T_, C_), np.float32), np.zeros((B, NH, T_, T_), np.float32)
-    attention_forward(out, att, qkv.reshape(-1, 3 * C_), B, T_, C_, NH)
+    scratch = head_scratch(T_, C_, NH)
+    attention_forward(out, att, qkv.reshape(-1, 3 * C_), B, T_, C_, NH, scratch)
     accumulated = np.zeros((B * T_, 3 * C_), np.float32)
     attention_backward(accumulated, np.zeros((T_, T_), np.float32), dout.reshape(-1, C_),
-                       qkv.reshape(-1, 3 * C_), att, B, T_, C_, NH)
+                       qkv.reshape(-1, 3 * C_), att, B, T_, C_, NH, scratch)
     overwritten = np.full((B * T_, 3 * C_), np.nan, np.float32)
     attention_backward(overwritten, np.zeros((T_, T_), np.float32), dout.reshape(-1, C_),
-                       qkv.reshape(-1, 3 * C_), att, B, T_, C_, NH, False)
+                       qkv.reshape(-1, 3 * C_), att, B, T_, C_, NH, scratch, False)
     np.testing.assert_allclose(overwritten, accumulated, rtol=1e-5, atol=1e-7)
 
 
@@ -235,19 +240,23 @@ def test_exp_nonpos_matches_numpy():
     assert np.all(got[-3:] <= np.exp(-80.0) * (1 + 1e-9))   # clamped: a zero probability
 
 
-@pytest.mark.parametrize("T_", [1, 31, 32, 33, 70])
-def test_attention_tiles(T_):
-    """Sequence lengths around the query tile size (32) against the reference."""
-    C_, NH = 8, 2
+@pytest.mark.parametrize("T_, C_, NH, on_tiles", [
+    (1, 8, 2, False), (31, 8, 2, False), (32, 8, 2, False), (33, 8, 2, False), (70, 8, 2, False),
+    (16, 32, 2, True), (48, 32, 2, True), (32, 64, 2, True), (64, 64, 2, True), (40, 64, 2, False)])
+def test_attention_both_ways(T_, C_, NH, on_tiles):
+    """BLAS query blocks (lengths around TILE = 32) and register tiles (head size 16 / 32, T a
+    multiple of 16) against the float64 reference."""
+    assert tiled(T_, C_ // NH) == on_tiles
     qkv, dout = f32(2, T_, 3 * C_), f32(2, T_, C_)
     out, att = np.zeros((2 * T_, C_), np.float32), np.full((2, NH, T_, T_), np.nan, np.float32)
-    attention_forward(out, att, qkv.reshape(-1, 3 * C_), 2, T_, C_, NH)
+    scratch = np.full(C_ // NH * T_, np.nan, np.float32)
+    attention_forward(out, att, qkv.reshape(-1, 3 * C_), 2, T_, C_, NH, scratch)
     y, p = ref.attention(d(qkv), NH)
     np.testing.assert_allclose(out, y.reshape(-1, C_), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(att, p, rtol=1e-4, atol=1e-6)
     dqkv = np.zeros((2 * T_, 3 * C_), np.float32)
     attention_backward(dqkv, np.full((T_, T_), np.nan, np.float32), dout.reshape(-1, C_),
-                       qkv.reshape(-1, 3 * C_), att, 2, T_, C_, NH)
+                       qkv.reshape(-1, 3 * C_), att, 2, T_, C_, NH, scratch)
     # analytic gradient of sum(y * dout) through the float64 reference, by autodiff-free check:
     # compare against a float64 directional derivative along a random direction
     dirn = rng.standard_normal(qkv.shape)

@@ -1,8 +1,14 @@
 """Causal multi-head self-attention on the packed qkv (N, 3C) = [q | k | v], heads contiguous
 hs = C // NH column slices. out: (N, C); att: (B, NH, T, T) softmax probabilities (0 above the
-diagonal). Per (b, head) the rows are taken in blocks of TILE queries; each block's scores,
-outputs and gradients are BLAS GEMMs over only the keys it may see (about 5/8 of the full T x T
-work at T = 128), reading q, k, v in place with row stride 3C."""
+diagonal). q, k, v are read in place with row stride 3C.
+
+Two ways, chosen by shape (`tiled`):
+  * head size 16 or 32 and T a multiple of 16 (every preset): 4-query blocks on register tiles
+    (tile.py) that stop at the block's last 16-key tile, about 5/8 of the full T x T work at
+    T = 128 less than BLAS; one head's keys (values, in the backward) are first transposed into
+    `scratch` so a tile reads 16 keys as one vector;
+  * otherwise blocks of TILE queries, each block's products one BLAS GEMM over only the keys it
+    may see."""
 
 import math
 
@@ -11,13 +17,128 @@ from numba import njit
 
 from crystalline.config import FASTMATH
 from crystalline.model.kernels.blas import N_, T_, gemm
+from crystalline.model.kernels.rowsoftmax import softmax_backward_row, softmax_row
 from crystalline.model.kernels.simd import LANES, exp32, vdot, vmax, vsum
+from crystalline.model.kernels.tile import tile4x16, tile4x32
 
 TILE = 32  # query rows per block
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def attention_forward(out, att, qkv, B, T, C, NH):
+def attention_forward(out, att, qkv, B, T, C, NH, scratch):
+    """scratch: (>= hs * T,) float32, overwritten (one head's keys, transposed)."""
+    if tiled(T, C // NH):
+        _forward_tiled(out, att, qkv, B, T, C, NH, scratch)
+    else:
+        _forward_blas(out, att, qkv, B, T, C, NH)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate=True):
+    """Accumulate into dqkv (N, 3C); accumulate=False overwrites it (no zeroing pass needed).
+    datt: (T, T) scratch; scratch: (>= hs * T,) float32 (one head's values, transposed). dout:
+    (N, C)."""
+    if tiled(T, C // NH):
+        _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate)
+    else:
+        _backward_blas(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def tiled(T, hs):
+    """Whether attention at this shape runs on product tiles (tile.py) instead of BLAS calls."""
+    return (hs == 16 or hs == 32) and T % 16 == 0
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _softmax_row(att, b, h, i, a_off, T):
+    """att[b, h, i] = softmax(att[b, h, i, :i + 1]), 0 past the diagonal."""
+    row = att[b, h, i]
+    base = a_off + i * T
+    m = vmax(att, base, i + 1)
+    # whole 16-lane vectors (no scalar tail); entries past i are zeroed below
+    for j in range(min(T, (i + LANES) // LANES * LANES)):
+        row[j] = exp32(row[j] - m)
+    inv = np.float32(1.0 / vsum(att, base, i + 1))
+    for j in range(T):
+        row[j] = row[j] * inv if j <= i else np.float32(0.0)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _transpose_head(dst, qkv, b, T, col, hs, scale):
+    """dst[d * T + j] = scale * qkv[b * T + j, col + d]: one head's (T, hs) block as (hs, T)."""
+    for j in range(T):
+        src = qkv[b * T + j]
+        for d in range(hs):
+            dst[d * T + j] = src[col + d] * scale
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _wide_tile(hs, c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate):
+    """A 4 x hs tile (hs = 16 or 32)."""
+    if hs == 16:
+        tile4x16(c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate)
+    else:
+        tile4x32(c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _forward_tiled(out, att, qkv, B, T, C, NH, kT):
+    hs = C // NH
+    C3 = 3 * C
+    scale = np.float32(1.0 / math.sqrt(hs))
+    for b in range(B):
+        for h in range(NH):
+            q_off = b * T * C3 + h * hs
+            a_off = (b * NH + h) * T * T
+            _transpose_head(kT, qkv, b, T, C + h * hs, hs, scale)
+            for i0 in range(0, T, 4):
+                # scores[i0:i0+4, :j] = q[i0:i0+4] @ (scale k[:j]).T, whole 16-key tiles past i0+3
+                for j0 in range(0, i0 + 4, LANES):
+                    tile4x16(att, a_off + i0 * T + j0, T, qkv, q_off + i0 * C3, C3, 1,
+                             kT, j0, T, hs, False)
+                for i in range(i0, i0 + 4):
+                    softmax_row(att, a_off + i * T, i + 1, T)
+                # y[i0:i0+4] = att[i0:i0+4, :i0+4] @ v[:i0+4]  (att is 0 past the diagonal)
+                _wide_tile(hs, out, (b * T + i0) * C + h * hs, C, att, a_off + i0 * T, T, 1,
+                           qkv, q_off + 2 * C, C3, i0 + 4, False)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, vT, accumulate):
+    hs = C // NH
+    C3 = 3 * C
+    scale = np.float32(1.0 / math.sqrt(hs))
+    for b in range(B):
+        for h in range(NH):
+            q_off = b * T * C3 + h * hs
+            k_off = q_off + C
+            v_off = q_off + 2 * C
+            y_off = b * T * C + h * hs
+            a_off = (b * NH + h) * T * T
+            _transpose_head(vT, qkv, b, T, 2 * C + h * hs, hs, np.float32(1.0))
+            for i0 in range(0, T, 4):
+                # datt[i0:i0+4, :j] = dy[i0:i0+4] @ v[:j].T, whole 16-key tiles past i0+3
+                for j0 in range(0, i0 + 4, LANES):
+                    tile4x16(datt, i0 * T + j0, T, dout, y_off + i0 * C, C, 1, vT, j0, T, hs, False)
+                # dscores = att * (datt - sum_j att * datt) * scale, 0 past the diagonal up to
+                # the block's last 16-key tile (all that the dq, dk tiles read)
+                width = (i0 + 4 + LANES - 1) // LANES * LANES
+                for i in range(i0, i0 + 4):
+                    softmax_backward_row(att, a_off + i * T, datt, i * T, i + 1, width, scale)
+                # dq[i0:i0+4] (+)= dscores[i0:i0+4, :i0+4] @ k[:i0+4]
+                _wide_tile(hs, dqkv, q_off + i0 * C3, C3, datt, i0 * T, T, 1, qkv, k_off, C3,
+                           i0 + 4, accumulate)
+            for j0 in range(0, T, 4):
+                # dk[j0:j0+4] (+)= dscores[j0:, j0:j0+4].T @ q[j0:] ; dv likewise from att, dy
+                _wide_tile(hs, dqkv, k_off + j0 * C3, C3, datt, j0 * T + j0, 1, T,
+                           qkv, q_off + j0 * C3, C3, T - j0, accumulate)
+                _wide_tile(hs, dqkv, v_off + j0 * C3, C3, att, a_off + j0 * T + j0, 1, T,
+                           dout, y_off + j0 * C, C, T - j0, accumulate)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _forward_blas(out, att, qkv, B, T, C, NH):
     hs = C // NH
     C3 = 3 * C
     scale = np.float32(1.0 / math.sqrt(hs))
@@ -31,25 +152,16 @@ def attention_forward(out, att, qkv, B, T, C, NH):
                 gemm(N_, T_, r1 - r0, r1, hs, scale, qkv, q_off + r0 * C3, C3, qkv, q_off + C, C3,
                      0.0, att, a_off + r0 * T, T)
                 for i in range(r0, r1):
-                    row = att[b, h, i]
-                    base = a_off + i * T
-                    m = vmax(att, base, i + 1)
-                    # whole 16-lane vectors (no scalar tail); entries past i are zeroed below
-                    for j in range(min(T, (i + LANES) // LANES * LANES)):
-                        row[j] = exp32(row[j] - m)
-                    inv = np.float32(1.0 / vsum(att, base, i + 1))
-                    for j in range(T):
-                        row[j] = row[j] * inv if j <= i else np.float32(0.0)
+                    _softmax_row(att, b, h, i, a_off, T)
                 # y[r0:r1] = att[r0:r1, :r1] @ v[:r1]
                 gemm(N_, N_, r1 - r0, hs, r1, 1.0, att, a_off + r0 * T, T, qkv, q_off + 2 * C, C3,
                      0.0, out, (b * T + r0) * C + h * hs, C)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate=True):
-    """Accumulate into dqkv (N, 3C); accumulate=False overwrites it (no zeroing pass needed).
-    datt: (T, T) scratch. dout: (N, C). The query blocks run last to first: the first one sees
-    every key, so it writes all of dk, dv and later blocks add to them."""
+def _backward_blas(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate):
+    """The query blocks run last to first: the first one sees every key, so it writes all of
+    dk, dv and later blocks add to them."""
     hs = C // NH
     keep = np.float32(1.0 if accumulate else 0.0)
     last = (T - 1) // TILE * TILE

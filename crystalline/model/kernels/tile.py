@@ -1,0 +1,98 @@
+"""A register-blocked product tile for attention's small per-head products, where a BLAS call
+costs more than its arithmetic (head size 16 or 32, a few thousand FLOPs per call).
+
+    tile4x16(c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate)   # 4 x 16 tile
+    tile4x32(...)                                                                # 4 x 32 tile
+
+For r < 4 and the 16 (32) columns at c_off + r * ldc:
+
+    c[r, :] (+)= sum_k a.flat[a_off + r * ars + k * aks] * b.flat[b_off + k * ldb + (0..15 | 0..31)]
+
+so `a` may be read along rows (aks = 1) or down columns (ars = 1: a transposed operand), `b` rows
+are contiguous vectors. The 4 x 16 (4 x 32) accumulators stay in registers across k; every step
+is one fused multiply-add per 16 lanes, summed in k order (deterministic). accumulate=False
+overwrites c. c, a, b: C-contiguous float32 arrays of any rank addressed by element offsets.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+LANES = 16
+ROWS = 4
+_F32V = ir.VectorType(ir.FloatType(), LANES)
+_I32 = ir.IntType(32)
+
+
+def _is_f32_array(arr):
+    return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.layout == "C"
+
+
+def _make_tile(vectors: int):
+    """The intrinsic for a ROWS x (vectors * LANES) tile."""
+
+    @intrinsic
+    def tile(typingctx, c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate):
+        if not all(_is_f32_array(x) for x in (c, a, b)):
+            return None
+        sig = types.void(c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate)
+
+        def codegen(context, builder, sig, args):
+            intp = context.get_value_type(types.intp)
+
+            def integer(i):
+                return context.cast(builder, args[i], sig.args[i], types.intp)
+
+            def pointer(i, off):
+                data = context.make_array(sig.args[i])(context, builder, args[i]).data
+                return builder.gep(data, [integer(off)])
+
+            def vector_at(base, offset):
+                return builder.bitcast(builder.gep(base, [offset]), _F32V.as_pointer())
+
+            def const(v):
+                return ir.Constant(intp, v)
+
+            c_ptr, a_ptr, b_ptr = pointer(0, 1), pointer(3, 4), pointer(7, 8)
+            ldc_, ars_, aks_, ldb_ = integer(2), integer(5), integer(6), integer(9)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_F32V, [_F32V] * 3), "llvm.fma.v16f32")
+            zero = ir.Constant(_F32V, [0.0] * LANES)
+            undef = ir.Constant(_F32V, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
+                   for _ in range(ROWS)]
+            with cgutils.for_range(builder, integer(10)) as loop:
+                k = loop.index
+                b_row = builder.gep(b_ptr, [builder.mul(k, ldb_)])
+                bv = [builder.load(vector_at(b_row, const(v * LANES)), align=4)
+                      for v in range(vectors)]
+                a_col = builder.gep(a_ptr, [builder.mul(k, aks_)])
+                for r in range(ROWS):
+                    s = builder.load(builder.gep(a_col, [builder.mul(const(r), ars_)]), align=4)
+                    sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)),
+                                                undef, splat)
+                    for v in range(vectors):
+                        builder.store(builder.call(fma, [sv, bv[v], builder.load(acc[r][v])]),
+                                      acc[r][v])
+            add = context.cast(builder, args[11], sig.args[11], types.boolean)
+            for r in range(ROWS):
+                c_row = builder.gep(c_ptr, [builder.mul(const(r), ldc_)])
+                for v in range(vectors):
+                    p = vector_at(c_row, const(v * LANES))
+                    value = builder.load(acc[r][v])
+                    with builder.if_else(add) as (then, otherwise):
+                        with then:
+                            builder.store(builder.fadd(builder.load(p, align=4), value), p, align=4)
+                        with otherwise:
+                            builder.store(value, p, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+tile4x16 = _make_tile(1)
+tile4x32 = _make_tile(2)
