@@ -31,7 +31,7 @@ def f32(*shape, scale=1.0):
 
 def head_scratch(T, C, NH):
     """attention's transposed-head scratch, NaN so any read before a write shows."""
-    return np.full(C // NH * T, np.nan, np.float32)
+    return np.full(C * T, np.nan, np.float32)
 
 
 def fd_grad(f, x, h=1e-6):
@@ -249,7 +249,7 @@ def test_attention_both_ways(T_, C_, NH, on_tiles):
     assert tiled(T_, C_ // NH) == on_tiles
     qkv, dout = f32(2, T_, 3 * C_), f32(2, T_, C_)
     out, att = np.zeros((2 * T_, C_), np.float32), np.full((2, NH, T_, T_), np.nan, np.float32)
-    scratch = np.full(C_ // NH * T_, np.nan, np.float32)
+    scratch = head_scratch(T_, C_, NH)
     attention_forward(out, att, qkv.reshape(-1, 3 * C_), 2, T_, C_, NH, scratch)
     y, p = ref.attention(d(qkv), NH)
     np.testing.assert_allclose(out, y.reshape(-1, C_), rtol=1e-4, atol=1e-5)

@@ -5,8 +5,8 @@ diagonal). q, k, v are read in place with row stride 3C.
 Two ways, chosen by shape (`tiled`):
   * head size 16 or 32 and T a multiple of 16 (every preset): 4-query blocks on register tiles
     (tile.py) that stop at the block's last 16-key tile, about 5/8 of the full T x T work at
-    T = 128 less than BLAS; one head's keys (values, in the backward) are first transposed into
-    `scratch` so a tile reads 16 keys as one vector;
+    T = 128 less than BLAS; each sequence's keys (values, in the backward) are first transposed
+    into `scratch` so a tile reads 16 keys as one vector;
   * otherwise blocks of TILE queries, each block's products one BLAS GEMM over only the keys it
     may see."""
 
@@ -26,7 +26,7 @@ TILE = 32  # query rows per block
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def attention_forward(out, att, qkv, B, T, C, NH, scratch):
-    """scratch: (>= hs * T,) float32, overwritten (one head's keys, transposed)."""
+    """scratch: (>= C * T,) float32, overwritten (one sequence's keys, transposed)."""
     if tiled(T, C // NH):
         _forward_tiled(out, att, qkv, B, T, C, NH, scratch)
     else:
@@ -36,8 +36,8 @@ def attention_forward(out, att, qkv, B, T, C, NH, scratch):
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate=True):
     """Accumulate into dqkv (N, 3C); accumulate=False overwrites it (no zeroing pass needed).
-    datt: (T, T) scratch; scratch: (>= hs * T,) float32 (one head's values, transposed). dout:
-    (N, C)."""
+    datt: (T, T) scratch; scratch: (>= C * T,) float32 (one sequence's values, transposed).
+    dout: (N, C)."""
     if tiled(T, C // NH):
         _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate)
     else:
@@ -65,12 +65,14 @@ def _softmax_row(att, b, h, i, a_off, T):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _transpose_head(dst, qkv, b, T, col, hs, scale):
-    """dst[d * T + j] = scale * qkv[b * T + j, col + d]: one head's (T, hs) block as (hs, T)."""
+def _transpose_block(dst, qkv, b, T, C, col, scale):
+    """dst[c * T + j] = scale * qkv[b * T + j, col + c] for c < C: sequence b's (T, C) block of
+    q, k or v as (C, T), read row by row (whole rows stream in; they then sit in cache for the
+    heads' tiles)."""
     for j in range(T):
         src = qkv[b * T + j]
-        for d in range(hs):
-            dst[d * T + j] = src[col + d] * scale
+        for c in range(C):
+            dst[c * T + j] = src[col + c] * scale
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
@@ -88,15 +90,15 @@ def _forward_tiled(out, att, qkv, B, T, C, NH, kT):
     C3 = 3 * C
     scale = np.float32(1.0 / math.sqrt(hs))
     for b in range(B):
+        _transpose_block(kT, qkv, b, T, C, C, scale)
         for h in range(NH):
             q_off = b * T * C3 + h * hs
             a_off = (b * NH + h) * T * T
-            _transpose_head(kT, qkv, b, T, C + h * hs, hs, scale)
             for i0 in range(0, T, 4):
                 # scores[i0:i0+4, :j] = q[i0:i0+4] @ (scale k[:j]).T, whole 16-key tiles past i0+3
                 for j0 in range(0, i0 + 4, LANES):
                     tile4x16(att, a_off + i0 * T + j0, T, qkv, q_off + i0 * C3, C3, 1,
-                             kT, j0, T, hs, False)
+                             kT, h * hs * T + j0, T, hs, False)
                 for i in range(i0, i0 + 4):
                     softmax_row(att, a_off + i * T, i + 1, T)
                 # y[i0:i0+4] = att[i0:i0+4, :i0+4] @ v[:i0+4]  (att is 0 past the diagonal)
@@ -110,17 +112,18 @@ def _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, vT, accumulate):
     C3 = 3 * C
     scale = np.float32(1.0 / math.sqrt(hs))
     for b in range(B):
+        _transpose_block(vT, qkv, b, T, C, 2 * C, np.float32(1.0))
         for h in range(NH):
             q_off = b * T * C3 + h * hs
             k_off = q_off + C
             v_off = q_off + 2 * C
             y_off = b * T * C + h * hs
             a_off = (b * NH + h) * T * T
-            _transpose_head(vT, qkv, b, T, 2 * C + h * hs, hs, np.float32(1.0))
             for i0 in range(0, T, 4):
                 # datt[i0:i0+4, :j] = dy[i0:i0+4] @ v[:j].T, whole 16-key tiles past i0+3
                 for j0 in range(0, i0 + 4, LANES):
-                    tile4x16(datt, i0 * T + j0, T, dout, y_off + i0 * C, C, 1, vT, j0, T, hs, False)
+                    tile4x16(datt, i0 * T + j0, T, dout, y_off + i0 * C, C, 1,
+                             vT, h * hs * T + j0, T, hs, False)
                 # dscores = att * (datt - sum_j att * datt) * scale, 0 past the diagonal up to
                 # the block's last 16-key tile (all that the dq, dk tiles read)
                 width = (i0 + 4 + LANES - 1) // LANES * LANES
