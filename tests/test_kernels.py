@@ -313,3 +313,14 @@ def test_sgemm_providers_compute_row_major_products_with_strides(provider, ta, t
     sgemm(blas.ROW_MAJOR, blas.T_ if ta else blas.N_, blas.T_ if tb else blas.N_, M, N, K, 2.0,
           ptr(A), A.shape[1], ptr(B), B.shape[1], 0.5, ptr(Cm), Cm.shape[1])
     np.testing.assert_allclose(Cm[:, :N], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_refuses_a_scratch_smaller_than_c_times_t():
+    T_, C_, NH = 32, 32, 2
+    qkv, att = f32(T_, 3 * C_), np.zeros((1, NH, T_, T_), np.float32)
+    with pytest.raises(ValueError, match="C \\* T"):
+        attention_forward(np.zeros((T_, C_), np.float32), att, qkv, 1, T_, C_, NH,
+                          np.zeros(C_ * T_ - 1, np.float32))
+    with pytest.raises(ValueError, match="C \\* T"):
+        attention_backward(np.zeros_like(qkv), np.zeros((T_, T_), np.float32), f32(T_, C_), qkv,
+                           att, 1, T_, C_, NH, np.zeros(C_ // NH * T_, np.float32))

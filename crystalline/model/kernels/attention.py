@@ -27,6 +27,8 @@ TILE = 32  # query rows per block
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def attention_forward(out, att, qkv, B, T, C, NH, scratch):
     """scratch: (>= C * T,) float32, overwritten (one sequence's keys, transposed)."""
+    if scratch.size < C * T:
+        raise ValueError("attention scratch holds fewer than C * T floats")
     if tiled(T, C // NH):
         _forward_tiled(out, att, qkv, B, T, C, NH, scratch)
     else:
@@ -38,6 +40,8 @@ def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumul
     """Accumulate into dqkv (N, 3C); accumulate=False overwrites it (no zeroing pass needed).
     datt: (T, T) scratch; scratch: (>= C * T,) float32 (one sequence's values, transposed).
     dout: (N, C)."""
+    if scratch.size < C * T:
+        raise ValueError("attention scratch holds fewer than C * T floats")
     if tiled(T, C // NH):
         _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate)
     else:
