@@ -57,7 +57,7 @@ def cases(B, T, C, L, NH, V, P):
         ("matmul qkv", L, 2 * N * C * 3 * C, lambda: matmul_forward(q1[0], q1[1], q1[2], q1[3], N, C, 3 * C),
          lambda: matmul_backward(g1[1], g1[2], g1[3], q1[0], q1[1], q1[2], N, C, 3 * C)),
         ("attention", L, att_fl, lambda: attention_forward(x, att, qkv, B, T, C, NH, scratch),
-         lambda: attention_backward(qkv, datt, x, qkv, att, B, T, C, NH, scratch)),
+         lambda: attention_backward(qkv, datt, x, qkv, att, B, T, C, NH, True, scratch)),
         ("matmul attproj", L, 2 * N * C * C, lambda: matmul_forward(q2[0], q2[1], q2[2], q2[3], N, C, C),
          lambda: matmul_backward(g2[1], g2[2], g2[3], q2[0], q2[1], q2[2], N, C, C)),
         ("residual", 2 * L, N * C, lambda: residual_forward(x3.reshape(-1), x.reshape(-1), x2.reshape(-1), N * C),

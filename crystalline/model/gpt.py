@@ -225,7 +225,7 @@ class GPT:
             matmul_backward(datty, g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l],
                             p["attprojw"][l], N, C, C, 0.0, wb)
             attention_backward(dqkv, a["datt"], datty, a["qkv"][l], a["att"][l], B, T, C, NH,
-                               a["head_t"], False)
+                               False, a["head_t"])
             matmul_backward(dln, g["qkvw"][l], g["qkvb"][l], dqkv, a["ln1"][l], p["qkvw"][l],
                             N, C, 3 * C, 0.0, wb)
             layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], dln, residual, p["ln1w"][l],

@@ -3,12 +3,12 @@ hs = C // NH column slices. out: (N, C); att: (B, NH, T, T) softmax probabilitie
 diagonal). q, k, v are read in place with row stride 3C.
 
 Two ways, chosen by shape (`tiled`):
-  * head size 16 or 32 and T a multiple of 16 (every preset): 4-query blocks on register tiles
-    (tile.py) that stop at the block's last 16-key tile, about 5/8 of the full T x T work at
-    T = 128 less than BLAS; each sequence's keys (values, in the backward) are first transposed
-    into `scratch` so a tile reads 16 keys as one vector;
+  * head size 16 or 32 and T a multiple of 16 (every preset): blocks of 4 queries on register
+    tiles (tile.py) that stop at the causal diagonal (a little over half of the full T x T
+    products); each sequence's keys (values, in the backward) are first transposed into
+    `scratch` so that a tile reads 16 keys as one vector;
   * otherwise blocks of TILE queries, each block's products one BLAS GEMM over only the keys it
-    may see."""
+    may see (about 5/8 of the full T x T work at T = 128)."""
 
 import math
 
@@ -25,8 +25,27 @@ TILE = 32  # query rows per block
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def attention_forward(out, att, qkv, B, T, C, NH, scratch):
-    """scratch: (>= C * T,) float32, overwritten (one sequence's keys, transposed)."""
+def attention_forward(out, att, qkv, B, T, C, NH, scratch=None):
+    """scratch: (>= C * T,) float32, overwritten (a sequence's keys, transposed); None allocates
+    one (the model passes its workspace's)."""
+    if scratch is None:
+        _forward(out, att, qkv, B, T, C, NH, np.empty(C * T, np.float32))
+    else:
+        _forward(out, att, qkv, B, T, C, NH, scratch)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate=True, scratch=None):
+    """Accumulate into dqkv (N, 3C); accumulate=False overwrites it (no zeroing pass needed).
+    datt: (T, T) scratch; dout: (N, C); scratch as in attention_forward (a sequence's values)."""
+    if scratch is None:
+        _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate, np.empty(C * T, np.float32))
+    else:
+        _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate, scratch)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _forward(out, att, qkv, B, T, C, NH, scratch):
     if scratch.size < C * T:
         raise ValueError("attention scratch holds fewer than C * T floats")
     if tiled(T, C // NH):
@@ -36,10 +55,7 @@ def attention_forward(out, att, qkv, B, T, C, NH, scratch):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate=True):
-    """Accumulate into dqkv (N, 3C); accumulate=False overwrites it (no zeroing pass needed).
-    datt: (T, T) scratch; scratch: (>= C * T,) float32 (one sequence's values, transposed).
-    dout: (N, C)."""
+def _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate, scratch):
     if scratch.size < C * T:
         raise ValueError("attention scratch holds fewer than C * T floats")
     if tiled(T, C // NH):
