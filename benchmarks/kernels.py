@@ -18,6 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 t0 = time.perf_counter()
 from crystalline.model.kernels.adamw import adamw_step  # noqa: E402
+from crystalline.model.kernels import blas  # noqa: E402
 from crystalline.model.kernels.attention import attention_backward, attention_forward  # noqa: E402
 from crystalline.model.kernels.clip import grad_norm, scale_  # noqa: E402
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward  # noqa: E402
@@ -98,6 +99,7 @@ def main():
             if bwd:
                 bwd()
         print(f"import {IMPORT_S:.2f} s, first calls (compile or cache load) {time.perf_counter() - t:.2f} s")
+        print(f"sgemm: {blas.PROVIDER}")
         B, T, C, L, NH, V = 16, 128, 256, 6, 8, 256
         P = V * C + T * C + L * 12 * C * C + L * 13 * C + 2 * C
         rows = []
