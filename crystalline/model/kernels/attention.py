@@ -19,7 +19,7 @@ from crystalline.config import FASTMATH
 from crystalline.model.kernels.blas import N_, T_, gemm
 from crystalline.model.kernels.rowsoftmax import softmax_backward_row, softmax_row
 from crystalline.model.kernels.simd import LANES, exp32, vdot, vmax, vsum
-from crystalline.model.kernels.tile import tile4x16, tile4x32
+from crystalline.model.kernels.tile import tile4x16, tile4x32, transpose16
 
 TILE = 32  # query rows per block
 
@@ -87,12 +87,11 @@ def _softmax_row(att, b, h, i, a_off, T):
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def _transpose_block(dst, qkv, b, T, C, col, scale):
     """dst[c * T + j] = scale * qkv[b * T + j, col + c] for c < C: sequence b's (T, C) block of
-    q, k or v as (C, T), read row by row (whole rows stream in; they then sit in cache for the
-    heads' tiles)."""
-    for j in range(T):
-        src = qkv[b * T + j]
-        for c in range(C):
-            dst[c * T + j] = src[col + c] * scale
+    q, k or v as (C, T), in 16 x 16 register blocks (T and C multiples of 16)."""
+    C3 = 3 * C
+    for j0 in range(0, T, LANES):
+        for c0 in range(0, C, LANES):
+            transpose16(dst, c0 * T + j0, T, qkv, (b * T + j0) * C3 + col + c0, C3, scale)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")

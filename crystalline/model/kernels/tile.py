@@ -96,3 +96,51 @@ def _make_tile(vectors: int):
 
 tile4x16 = _make_tile(1)
 tile4x32 = _make_tile(2)
+
+
+@intrinsic
+def transpose16(typingctx, dst, d_off, ldd, src, s_off, lds, scale):
+    """dst[d_off + c * ldd + r] = scale * src[s_off + r * lds + c] for r, c < 16: a 16 x 16 block
+    transposed in registers (16 row loads, four rounds of lane shuffles, 16 row stores)."""
+    if not (_is_f32_array(dst) and _is_f32_array(src)):
+        return None
+    sig = types.void(dst, d_off, ldd, src, s_off, lds, scale)
+
+    def codegen(context, builder, sig, args):
+        intp = context.get_value_type(types.intp)
+
+        def integer(i):
+            return context.cast(builder, args[i], sig.args[i], types.intp)
+
+        def row(base, stride, r):
+            offset = builder.mul(ir.Constant(intp, r), stride)
+            return builder.bitcast(builder.gep(base, [offset]), _F32V.as_pointer())
+
+        def data(i):
+            return context.make_array(sig.args[i])(context, builder, args[i]).data
+
+        d_ptr = builder.gep(data(0), [integer(1)])
+        s_ptr = builder.gep(data(3), [integer(4)])
+        s = context.cast(builder, args[6], sig.args[6], types.float32)
+        scale = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(_F32V, ir.Undefined), s, ir.Constant(_I32, 0)),
+            ir.Constant(_F32V, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+        rows = [builder.fmul(builder.load(row(s_ptr, integer(5), r), align=4), scale)
+                for r in range(LANES)]
+        m = LANES // 2
+        while m:     # swap the off-diagonal m x m blocks of every 2m x 2m block
+            lo = ir.Constant(ir.VectorType(_I32, LANES),
+                             [j if not j & m else LANES + j - m for j in range(LANES)])
+            hi = ir.Constant(ir.VectorType(_I32, LANES),
+                             [j + m if not j & m else LANES + j for j in range(LANES)])
+            for i in range(LANES):
+                if not i & m:
+                    a, b = rows[i], rows[i + m]
+                    rows[i] = builder.shuffle_vector(a, b, lo)
+                    rows[i + m] = builder.shuffle_vector(a, b, hi)
+            m //= 2
+        for c in range(LANES):
+            builder.store(rows[c], row(d_ptr, integer(2), c), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
