@@ -351,3 +351,18 @@ def test_sgemm_providers_compute_row_major_products_with_strides(provider, ta, t
     sgemm(blas.ROW_MAJOR, blas.T_ if ta else blas.N_, blas.T_ if tb else blas.N_, M, N, K, 2.0,
           ptr(A), A.shape[1], ptr(B), B.shape[1], 0.5, ptr(Cm), Cm.shape[1])
     np.testing.assert_allclose(Cm[:, :N], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_adamw_grad_scale_equals_scaling_the_gradient_first():
+    P, scale = 1000, 1.0 / 3072
+    p, g, m, v = f32(P), f32(P), f32(P, scale=0.1), np.abs(f32(P, scale=0.1))
+    mask = (np.arange(P) % 3 == 0).astype(np.float32)
+    p1, m1, v1, g1 = p.copy(), m.copy(), v.copy(), g.copy()
+    scale_(g1, scale)
+    adamw_step(p1, g1, m1, v1, mask, 1e-2, 0.9, 0.95, 1e-8, 0.1, 3)
+    g2 = g.copy()
+    adamw_step(p, g2, m, v, mask, 1e-2, 0.9, 0.95, 1e-8, 0.1, 3, scale)
+    np.testing.assert_array_equal(p, p1)
+    np.testing.assert_array_equal(m, m1)
+    np.testing.assert_array_equal(v, v1)
+    np.testing.assert_array_equal(g2, g)             # the gradient itself is left as it was

@@ -16,7 +16,7 @@ import numpy as np
 
 from crystalline.config import TrainConfig
 from crystalline.model.kernels.adamw import adamw_step
-from crystalline.model.kernels.clip import grad_norm, scale_
+from crystalline.model.kernels.clip import grad_norm
 
 ADAM_EPS = 1e-8
 
@@ -48,18 +48,17 @@ class AdamW:
     def update(self, grad: np.ndarray, step: int, scale: float = 1.0) -> tuple[float, bool]:
         """Scale `grad` by `scale`, clip it, and apply one AdamW step at `step`'s learning rate.
 
-        Scaling and clipping are one pass over the gradient. Returns (norm of the scaled
-        gradient before clipping, whether the update was applied).
+        The norm is one pass over the gradient; scaling and clipping happen inside AdamW's pass
+        (`grad` itself is not modified). Returns (norm of the scaled gradient before clipping,
+        whether the update was applied).
         """
         norm = grad_norm(grad) * scale
         if not math.isfinite(norm):
             return norm, False
         if self.cfg.grad_clip > 0 and norm > self.cfg.grad_clip:
             scale *= self.cfg.grad_clip / norm
-        if scale != 1.0:
-            scale_(grad, scale)
         self.t += 1
         adamw_step(self.model.params, grad, self.m, self.v, self.model.decay_mask,
                    learning_rate(step, self.cfg), self.cfg.beta1, self.cfg.beta2, ADAM_EPS,
-                   self.cfg.weight_decay, self.t)
+                   self.cfg.weight_decay, self.t, scale)
         return norm, True
