@@ -38,7 +38,7 @@ def cases(B, T, C, L, NH, V, P):
     idx = r.integers(0, V, (B, T)).astype(np.int32)
     x, x2, x3, w, b, mean, rstd = f(N, C), f(N, C), f(N, C), f(C), f(C), f(N), f(N)
     qkv, att, datt = f(N, 3 * C), np.zeros((B, NH, T, T), np.float32), f(T, T)
-    scratch = f(C * T)
+    scratch = f(4 * C * T)
     attention_forward(f(N, C), att, qkv, B, T, C, NH, scratch)
     h4, h4b, h4c, probs, tg = f(N * 4 * C), f(N * 4 * C), f(N * 4 * C), f(N, V), idx.reshape(-1)
     p, g, m, v, mask = f(P), f(P), f(P), np.abs(f(P)), np.ones(P, np.float32)

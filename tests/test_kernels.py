@@ -299,7 +299,7 @@ def test_attention_on_register_tiles(T_, C_, NH):
     qkv, dout = f32(2, T_, 3 * C_), f32(2, T_, C_)
     x, dy = qkv.reshape(-1, 3 * C_), dout.reshape(-1, C_)
     out, att = np.zeros((2 * T_, C_), np.float32), np.full((2, NH, T_, T_), np.nan, np.float32)
-    scratch = np.full(C_ * T_, np.nan, np.float32)
+    scratch = np.full(4 * C_ * T_, np.nan, np.float32)
     attention_forward(out, att, x, 2, T_, C_, NH, scratch)
     y, p = ref.attention(d(qkv), NH)
     np.testing.assert_allclose(out, y.reshape(-1, C_), rtol=1e-4, atol=1e-5)
@@ -321,10 +321,10 @@ def test_attention_on_register_tiles(T_, C_, NH):
 def test_attention_refuses_a_scratch_smaller_than_c_times_t():
     T_, C_, NH = 32, 32, 2
     qkv, att = f32(T_, 3 * C_), np.zeros((1, NH, T_, T_), np.float32)
-    with pytest.raises(ValueError, match="C \\* T"):
+    with pytest.raises(ValueError, match="4 \\* C \\* T"):
         attention_forward(np.zeros((T_, C_), np.float32), att, qkv, 1, T_, C_, NH,
-                          np.zeros(C_ * T_ - 1, np.float32))
-    with pytest.raises(ValueError, match="C \\* T"):
+                          np.zeros(4 * C_ * T_ - 1, np.float32))
+    with pytest.raises(ValueError, match="4 \\* C \\* T"):
         attention_backward(np.zeros_like(qkv), np.zeros((T_, T_), np.float32), f32(T_, C_), qkv,
                            att, 1, T_, C_, NH, True, np.zeros(C_ // NH * T_, np.float32))
 

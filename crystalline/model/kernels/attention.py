@@ -5,8 +5,10 @@ diagonal). q, k, v are read in place with row stride 3C.
 Two ways, chosen by shape (`tiled`):
   * head size 16 or 32 and T a multiple of 16 (every preset): blocks of 4 queries on register
     tiles (tile.py) that stop at the causal diagonal (a little over half of the full T x T
-    products); each sequence's keys (values, in the backward) are first transposed into
-    `scratch` so that a tile reads 16 keys as one vector;
+    products). A sequence's keys (values, in the backward) are first transposed into `scratch`
+    so that a tile reads 16 keys as one vector; the backward also regroups q, k and dy head by
+    head there, so a tile's rows are contiguous instead of 3C (or C) floats apart, which here
+    map to a handful of L1 sets and evict each other;
   * otherwise blocks of TILE queries, each block's products one BLAS GEMM over only the keys it
     may see (about 5/8 of the full T x T work at T = 128)."""
 
@@ -19,17 +21,17 @@ from crystalline.config import FASTMATH
 from crystalline.model.kernels.blas import N_, T_, gemm
 from crystalline.model.kernels.rowsoftmax import softmax_backward_row, softmax_row
 from crystalline.model.kernels.simd import LANES, exp32, vdot, vmax, vsum
-from crystalline.model.kernels.tile import tile4x16, tile4x32, transpose16
+from crystalline.model.kernels.tile import copy16, tile4x16, tile4x32, transpose16
 
 TILE = 32  # query rows per block
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def attention_forward(out, att, qkv, B, T, C, NH, scratch=None):
-    """scratch: (>= C * T,) float32, overwritten (a sequence's keys, transposed); None allocates
-    one (the model passes its workspace's)."""
+    """scratch: (>= 4 * C * T,) float32 work space, overwritten; None allocates one (the model
+    passes its workspace's)."""
     if scratch is None:
-        _forward(out, att, qkv, B, T, C, NH, np.empty(C * T, np.float32))
+        _forward(out, att, qkv, B, T, C, NH, np.empty(4 * C * T, np.float32))
     else:
         _forward(out, att, qkv, B, T, C, NH, scratch)
 
@@ -37,17 +39,18 @@ def attention_forward(out, att, qkv, B, T, C, NH, scratch=None):
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate=True, scratch=None):
     """Accumulate into dqkv (N, 3C); accumulate=False overwrites it (no zeroing pass needed).
-    datt: (T, T) scratch; dout: (N, C); scratch as in attention_forward (a sequence's values)."""
+    datt: (T, T) scratch; dout: (N, C); scratch as in attention_forward."""
     if scratch is None:
-        _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate, np.empty(C * T, np.float32))
+        _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate,
+                  np.empty(4 * C * T, np.float32))
     else:
         _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate, scratch)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _forward(out, att, qkv, B, T, C, NH, scratch):
-    if scratch.size < C * T:
-        raise ValueError("attention scratch holds fewer than C * T floats")
+    if scratch.size < 4 * C * T:
+        raise ValueError("attention scratch holds fewer than 4 * C * T floats")
     if tiled(T, C // NH):
         _forward_tiled(out, att, qkv, B, T, C, NH, scratch)
     else:
@@ -56,8 +59,8 @@ def _forward(out, att, qkv, B, T, C, NH, scratch):
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate, scratch):
-    if scratch.size < C * T:
-        raise ValueError("attention scratch holds fewer than C * T floats")
+    if scratch.size < 4 * C * T:
+        raise ValueError("attention scratch holds fewer than 4 * C * T floats")
     if tiled(T, C // NH):
         _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate)
     else:
@@ -95,6 +98,16 @@ def _transpose_block(dst, qkv, b, T, C, col, scale):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _pack_heads(dst, src, row0, T, ld, col, C, hs):
+    """dst[(h * T + j) * hs + d] = src.flat[(row0 + j) * ld + col + h * hs + d]: T rows of a
+    (., C) block regrouped head by head, each head's (T, hs) contiguous."""
+    for j in range(T):
+        for h in range(C // hs):
+            for d0 in range(0, hs, LANES):
+                copy16(dst, (h * T + j) * hs + d0, src, (row0 + j) * ld + col + h * hs + d0)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def _wide_tile(hs, c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate):
     """A 4 x hs tile (hs = 16 or 32)."""
     if hs == 16:
@@ -104,10 +117,11 @@ def _wide_tile(hs, c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumula
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _forward_tiled(out, att, qkv, B, T, C, NH, kT):
+def _forward_tiled(out, att, qkv, B, T, C, NH, scratch):
     hs = C // NH
     C3 = 3 * C
     scale = np.float32(1.0 / math.sqrt(hs))
+    kT = scratch[:C * T]
     for b in range(B):
         _transpose_block(kT, qkv, b, T, C, C, scale)
         for h in range(NH):
@@ -126,22 +140,27 @@ def _forward_tiled(out, att, qkv, B, T, C, NH, kT):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, vT, accumulate):
+def _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate):
     hs = C // NH
     C3 = 3 * C
+    CT = C * T
     scale = np.float32(1.0 / math.sqrt(hs))
+    vT, qP, kP, dyP = scratch[:CT], scratch[CT:2 * CT], scratch[2 * CT:3 * CT], scratch[3 * CT:4 * CT]
     for b in range(B):
         _transpose_block(vT, qkv, b, T, C, 2 * C, np.float32(1.0))
+        _pack_heads(qP, qkv, b * T, T, C3, 0, C, hs)
+        _pack_heads(kP, qkv, b * T, T, C3, C, C, hs)
+        _pack_heads(dyP, dout, b * T, T, C, 0, C, hs)
         for h in range(NH):
             q_off = b * T * C3 + h * hs
             k_off = q_off + C
             v_off = q_off + 2 * C
-            y_off = b * T * C + h * hs
             a_off = (b * NH + h) * T * T
+            p_off = h * T * hs
             for i0 in range(0, T, 4):
                 # datt[i0:i0+4, :j] = dy[i0:i0+4] @ v[:j].T, whole 16-key tiles past i0+3
                 for j0 in range(0, i0 + 4, LANES):
-                    tile4x16(datt, i0 * T + j0, T, dout, y_off + i0 * C, C, 1,
+                    tile4x16(datt, i0 * T + j0, T, dyP, p_off + i0 * hs, hs, 1,
                              vT, h * hs * T + j0, T, hs, False)
                 # dscores = att * (datt - sum_j att * datt) * scale, 0 past the diagonal up to
                 # the block's last 16-key tile (all that the dq, dk tiles read)
@@ -149,14 +168,14 @@ def _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, vT, accumulate):
                 for i in range(i0, i0 + 4):
                     softmax_backward_row(att, a_off + i * T, datt, i * T, i + 1, width, scale)
                 # dq[i0:i0+4] (+)= dscores[i0:i0+4, :i0+4] @ k[:i0+4]
-                _wide_tile(hs, dqkv, q_off + i0 * C3, C3, datt, i0 * T, T, 1, qkv, k_off, C3,
+                _wide_tile(hs, dqkv, q_off + i0 * C3, C3, datt, i0 * T, T, 1, kP, p_off, hs,
                            i0 + 4, accumulate)
             for j0 in range(0, T, 4):
                 # dk[j0:j0+4] (+)= dscores[j0:, j0:j0+4].T @ q[j0:] ; dv likewise from att, dy
                 _wide_tile(hs, dqkv, k_off + j0 * C3, C3, datt, j0 * T + j0, 1, T,
-                           qkv, q_off + j0 * C3, C3, T - j0, accumulate)
+                           qP, p_off + j0 * hs, hs, T - j0, accumulate)
                 _wide_tile(hs, dqkv, v_off + j0 * C3, C3, att, a_off + j0 * T + j0, 1, T,
-                           dout, y_off + j0 * C, C, T - j0, accumulate)
+                           dyP, p_off + j0 * hs, hs, T - j0, accumulate)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")

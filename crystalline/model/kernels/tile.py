@@ -144,3 +144,21 @@ def transpose16(typingctx, dst, d_off, ldd, src, s_off, lds, scale):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def copy16(typingctx, dst, d_off, src, s_off):
+    """dst[d_off:d_off + 16] = src[s_off:s_off + 16] (flat element offsets), one vector move."""
+    if not (_is_f32_array(dst) and _is_f32_array(src)):
+        return None
+    sig = types.void(dst, d_off, src, s_off)
+
+    def codegen(context, builder, sig, args):
+        def vector(i):
+            data = context.make_array(sig.args[i])(context, builder, args[i]).data
+            offset = context.cast(builder, args[i + 1], sig.args[i + 1], types.intp)
+            return builder.bitcast(builder.gep(data, [offset]), _F32V.as_pointer())
+        builder.store(builder.load(vector(2), align=4), vector(0), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
