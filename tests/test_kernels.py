@@ -366,3 +366,33 @@ def test_adamw_grad_scale_equals_scaling_the_gradient_first():
     np.testing.assert_array_equal(m, m1)
     np.testing.assert_array_equal(v, v1)
     np.testing.assert_array_equal(g2, g)             # the gradient itself is left as it was
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_register_tiles_transpose_and_copy_against_numpy(accumulate):
+    from numba import njit
+    from crystalline.model.kernels.tile import copy16, tile4x16, tile4x32, transpose16
+
+    @njit
+    def run(c16, c32, a, b, t, src, cp):
+        # a read along rows for the 4 x 16 tile, down columns (a transposed operand) for 4 x 32
+        tile4x16(c16, 3, 20, a, 2, 11, 1, b, 1, 40, 7, accumulate)
+        tile4x32(c32, 0, 33, a, 5, 1, 11, b, 4, 40, 6, accumulate)
+        transpose16(t, 2, 18, src, 19, 17, np.float32(0.5))
+        copy16(cp, 1, src, 30)
+
+    a, b, src = f32(8, 11), f32(9, 40), f32(20, 17)
+    c16, c32 = f32(5, 20), f32(4, 33)
+    t, cp = np.zeros((17, 18), np.float32), np.zeros(20, np.float32)
+    want16 = a.reshape(-1)[2:][np.arange(4)[:, None] * 11 + np.arange(7)] @ b.reshape(-1)[1:][np.arange(7)[:, None] * 40 + np.arange(16)]
+    want32 = a.reshape(-1)[5:][np.arange(4)[:, None] + 11 * np.arange(6)] @ b.reshape(-1)[4:][np.arange(6)[:, None] * 40 + np.arange(32)]
+    old16, old32 = c16.reshape(-1)[3:3 + 4 * 20].reshape(4, 20)[:, :16].copy(), c32[:, :32].copy()
+    run(c16, c32, a, b, t, src, cp)
+    got16 = c16.reshape(-1)[3:3 + 4 * 20].reshape(4, 20)[:, :16]
+    np.testing.assert_allclose(got16, want16 + (old16 if accumulate else 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c32[:, :32], want32 + (old32 if accumulate else 0), rtol=1e-5, atol=1e-5)
+    block = 0.5 * src.reshape(-1)[19:][np.arange(16)[:, None] * 17 + np.arange(16)]
+    np.testing.assert_array_equal(t.reshape(-1)[2:][np.arange(16)[:, None] * 18 + np.arange(16)], block.T)
+    assert np.count_nonzero(t) == 256
+    np.testing.assert_array_equal(cp[1:17], src.reshape(-1)[30:46])
+    assert cp[0] == 0 and cp[17:].tolist() == [0, 0, 0]

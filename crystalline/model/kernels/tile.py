@@ -1,17 +1,19 @@
-"""A register-blocked product tile for attention's small per-head products, where a BLAS call
-costs more than its arithmetic (head size 16 or 32, a few thousand FLOPs per call).
+"""Register tiles for attention's small per-head products, where a BLAS call costs more than its
+arithmetic (head size 16 or 32, a few thousand FLOPs per call), and the moves that feed them.
 
     tile4x16(c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate)   # 4 x 16 tile
     tile4x32(...)                                                                # 4 x 32 tile
+    transpose16(dst, d_off, ldd, src, s_off, lds, scale)    # a 16 x 16 block, transposed, scaled
+    copy16(dst, d_off, src, s_off)                          # 16 contiguous floats
 
-For r < 4 and the 16 (32) columns at c_off + r * ldc:
+For r < 4 and the 16 (32) columns at c_off + r * ldc a tile computes
 
     c[r, :] (+)= sum_k a.flat[a_off + r * ars + k * aks] * b.flat[b_off + k * ldb + (0..15 | 0..31)]
 
 so `a` may be read along rows (aks = 1) or down columns (ars = 1: a transposed operand), `b` rows
 are contiguous vectors. The 4 x 16 (4 x 32) accumulators stay in registers across k; every step
 is one fused multiply-add per 16 lanes, summed in k order (deterministic). accumulate=False
-overwrites c. c, a, b: C-contiguous float32 arrays of any rank addressed by element offsets.
+overwrites c. All arrays: C-contiguous float32 of any rank, addressed by flat element offsets.
 """
 
 from llvmlite import ir
