@@ -46,7 +46,7 @@ class AdamW:
         return self.m.nbytes + self.v.nbytes
 
     def update(self, grad: np.ndarray, step: int, scale: float = 1.0) -> tuple[float, bool]:
-        """Scale `grad` by `scale`, clip it, and apply one AdamW step at `step`'s learning rate.
+        """One AdamW step at `step`'s learning rate on `scale * grad`, clipped to cfg.grad_clip.
 
         The norm is one pass over the gradient; scaling and clipping happen inside AdamW's pass
         (`grad` itself is not modified). Returns (norm of the scaled gradient before clipping,

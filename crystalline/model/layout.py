@@ -61,7 +61,7 @@ def activation_shapes(cfg, B: int, T: int) -> list[tuple[str, tuple[int, ...]]]:
         # backward scratch, reused by every layer
         ("dresidual", (N, C)), ("dln", (N, C)), ("datty", (N, C)), ("dqkv", (N, 3 * C)),
         ("dfch", (N, 4 * C)), ("dfch_gelu", (N, 4 * C)), ("dlogits", (N, V)), ("datt", (T * T,)),
-        ("head_t", (4 * C * T,)),               # attention scratch: a sequence's k / v transposed, q, k, v, dy by head
+        ("att_scratch", (4 * C * T,)),          # a sequence's k or v transposed; q, k, dy by head
     ]
 
 
