@@ -222,6 +222,44 @@ def test_stop_interrupts_a_direct_step_call(shakespeare):
     tr.close()
 
 
+def test_interrupt_from_a_signal_handler_ends_run_and_a_later_run_goes_on(shakespeare):
+    """The CLI's Ctrl-C path: interrupt() runs as a SIGINT handler in the main thread, wherever
+    run() happens to be (here while a worker is inside step 2); run() raises TrainingStopped,
+    the parameters are those after step 1, and the next run() trains on."""
+    import os
+    import signal
+    tr = make_trainer(shakespeare, workers=2)
+    original_forward = tr.model.forward_into
+    handled = threading.Event()
+
+    def forward(ws, x, y, params=None):
+        if tr.steps_done == 1 and threading.current_thread().name.endswith("-worker"):
+            os.kill(os.getpid(), signal.SIGINT)       # delivered to the main thread
+            assert handled.wait(30)                   # this step is still in flight meanwhile
+        return original_forward(ws, x, y, params)
+
+    def handler(signum, frame):
+        tr.interrupt()
+        handled.set()
+
+    tr.model.forward_into = forward
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.raises(TrainingStopped):
+            tr.run(5, progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert tr.steps_done == 1
+    tr.model.forward_into = original_forward
+    params = tr.model.params.copy()
+    tr.run(2, progress=False)
+    assert tr.steps_done == 3 and not np.array_equal(tr.model.params, params)
+    with pytest.raises(TrainingStopped):             # between two steps: the next one never starts
+        tr.run(5, progress=False, on_step=lambda record: tr.interrupt())
+    assert tr.steps_done == 4
+    tr.close()
+
+
 def test_blas_runs_single_threaded_while_spheres_run(shakespeare):
     from threadpoolctl import threadpool_info
     seen = []

@@ -111,6 +111,7 @@ class Trainer:
         self._started_at = time.time()
         self._driver: threading.Thread | None = None
         self._stop_requested = threading.Event()
+        self._interrupted = False        # set by interrupt(); a plain flag, so no lock is taken
         self._running = threading.Event()
         self.driver_error: BaseException | None = None
         self._process = psutil.Process()
@@ -259,10 +260,13 @@ class Trainer:
         """
         from tqdm.auto import tqdm
         results, previous = [], self.on_stall
+        self._interrupted = False
         with tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
             self.on_stall = lambda stall: bar.set_postfix_str(_stall_text(stall))
             try:
                 for _ in range(steps):
+                    if self._interrupted:
+                        raise TrainingStopped(f"interrupted before step {self.steps_done}")
                     results.append(self.step())
                     if self._eval_due():
                         self._evaluate_into_history()
@@ -356,6 +360,15 @@ class Trainer:
             self._driver = None
         with self._step_lock:
             self._close_tree()
+
+    def interrupt(self) -> None:
+        """End run() at once: the step in flight is abandoned before its update and run() raises
+        TrainingStopped. Takes no lock and waits for nothing, so a signal handler may call it
+        (the CLI's Ctrl-C does); close() then ends the threads."""
+        self._interrupted = True
+        tree = self._tree
+        if tree is not None:
+            tree.abort()
 
     def close(self) -> None:
         self.stop()
