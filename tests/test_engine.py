@@ -222,14 +222,14 @@ def test_stop_interrupts_a_direct_step_call(shakespeare):
     tr.close()
 
 
-def test_interrupt_from_a_signal_handler_ends_run_and_a_later_run_goes_on(shakespeare):
-    """The CLI's Ctrl-C path: interrupt() runs as a SIGINT handler in the main thread, wherever
-    run() happens to be (here while a worker is inside step 2); run() raises TrainingStopped,
-    the parameters are those after step 1, and the next run() trains on."""
+def test_ctrl_c_during_run_ends_it_with_training_stopped_and_a_later_run_goes_on(shakespeare):
+    """SIGINT while a worker is inside step 2: run()'s own handler calls interrupt() instead of
+    raising KeyboardInterrupt wherever the main thread is; run() raises TrainingStopped, the
+    parameters are those after step 1, Python's handler is back, and the next run() trains on."""
     import os
     import signal
     tr = make_trainer(shakespeare, workers=2)
-    original_forward = tr.model.forward_into
+    original_forward, original_interrupt = tr.model.forward_into, tr.interrupt
     handled = threading.Event()
 
     def forward(ws, x, y, params=None):
@@ -238,18 +238,15 @@ def test_interrupt_from_a_signal_handler_ends_run_and_a_later_run_goes_on(shakes
             assert handled.wait(30)                   # this step is still in flight meanwhile
         return original_forward(ws, x, y, params)
 
-    def handler(signum, frame):
-        tr.interrupt()
+    def interrupt():
+        original_interrupt()
         handled.set()
 
-    tr.model.forward_into = forward
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        with pytest.raises(TrainingStopped):
-            tr.run(5, progress=False)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    tr.model.forward_into, tr.interrupt = forward, interrupt
+    with pytest.raises(TrainingStopped):
+        tr.run(5, progress=False)
     assert tr.steps_done == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     tr.model.forward_into = original_forward
     params = tr.model.params.copy()
     tr.run(2, progress=False)

@@ -12,10 +12,8 @@ progress bar, writes a final consistent checkpoint and exits with code 130.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -101,8 +99,7 @@ def _run(args) -> int:
     interrupted = False
     with open(run_dir / "metrics.jsonl" if root else os.devnull, "a", encoding="utf-8") as metrics:
         try:
-            with _ctrl_c_interrupts(trainer):
-                _train(trainer, steps, args, metrics, ckpt)
+            _train(trainer, steps, args, metrics, ckpt)      # Ctrl-C: TrainingStopped
         except (KeyboardInterrupt, TrainingStopped):
             interrupted = True
         finally:
@@ -116,25 +113,6 @@ def _run(args) -> int:
         if args.sample > 0 and not interrupted:
             _print_sample(trainer, args.sample)
     return EXIT_INTERRUPTED if interrupted else 0
-
-
-@contextlib.contextmanager
-def _ctrl_c_interrupts(trainer):
-    """While training, Ctrl-C calls trainer.interrupt() instead of raising KeyboardInterrupt
-    wherever the main thread happens to be (inside a queue's lock, it would leave the lock held
-    and the shutdown waiting on it forever). A second Ctrl-C raises KeyboardInterrupt."""
-    pressed = []
-
-    def handler(signum, frame):
-        if pressed:
-            raise KeyboardInterrupt
-        pressed.append(signum)
-        trainer.interrupt()
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _train(trainer, steps, args, metrics, ckpt) -> None:

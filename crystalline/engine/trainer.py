@@ -14,8 +14,10 @@ reduced gradient is divided once by the global batch's token count on Node Zero.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import statistics
 import threading
 import time
@@ -61,6 +63,30 @@ class StepResult:
 
 def default_workers() -> int:
     return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _ctrl_c_interrupts(trainer):
+    """In the main thread, while Python's default SIGINT handler is in place: Ctrl-C (or a
+    notebook's interrupt) calls trainer.interrupt() instead of raising KeyboardInterrupt wherever
+    the thread happens to be (inside a queue's lock, it would leave the lock held and the next
+    wait on it would hang). A second Ctrl-C raises KeyboardInterrupt."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+        trainer.interrupt()
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _stall_text(stall: dict) -> str:
@@ -256,12 +282,15 @@ class Trainer:
         """Run `steps` steps (validating every eval_interval) with an optional tqdm bar.
 
         on_step: optional callable(history record), called after each step (and its validation).
-        A stalled step shows on the bar which sphere has not arrived at which barrier.
+        A stalled step shows on the bar which sphere has not arrived at which barrier. Ctrl-C
+        (in the main thread) or interrupt() ends it with TrainingStopped; the parameters are
+        those after the last completed step.
         """
         from tqdm.auto import tqdm
         results, previous = [], self.on_stall
         self._interrupted = False
-        with tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
+        with _ctrl_c_interrupts(self), \
+                tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
             self.on_stall = lambda stall: bar.set_postfix_str(_stall_text(stall))
             try:
                 for _ in range(steps):
