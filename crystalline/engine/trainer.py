@@ -393,7 +393,7 @@ class Trainer:
     def interrupt(self) -> None:
         """End run() at once: the step in flight is abandoned before its update and run() raises
         TrainingStopped. Takes no lock and waits for nothing, so a signal handler may call it
-        (the CLI's Ctrl-C does); close() then ends the threads."""
+        (run()'s Ctrl-C handler does); close() then ends the threads."""
         self._interrupted = True
         tree = self._tree
         if tree is not None:
