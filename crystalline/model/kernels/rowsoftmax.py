@@ -19,10 +19,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from crystalline.model.kernels.simd import _LN2_HI, _LN2_LO, _LOG2E, LANES, _is_f32_array, _tree
+from crystalline.model.kernels.simd import (_F32V, _LN2_HI, _LN2_LO, _LOG2E, LANES, _is_f32_array,
+                                            _splat, _tree)
 
 _F32 = ir.FloatType()
-_F32V = ir.VectorType(_F32, LANES)
 _I32V = ir.VectorType(ir.IntType(32), LANES)
 _TAYLOR = [1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0]
 
@@ -41,9 +41,7 @@ class _Vectors:
         self.iota = ir.Constant(_I32V, list(range(LANES)))
 
     def splat(self, x):
-        return ir.Constant(_F32V, [x] * LANES) if isinstance(x, float) else self.b.shuffle_vector(
-            self.b.insert_element(ir.Constant(_F32V, ir.Undefined), x, ir.Constant(ir.IntType(32), 0)),
-            ir.Constant(_F32V, ir.Undefined), ir.Constant(_I32V, [0] * LANES))
+        return ir.Constant(_F32V, [x] * LANES) if isinstance(x, float) else _splat(self.b, x)
 
     def ptr(self, base, v):
         """Pointer to vector v (elements 16 v ... 16 v + 15) from base."""
@@ -59,13 +57,8 @@ class _Vectors:
     def valid(self, v, n):
         """Lanes of vector v whose element index is < n."""
         first = self.b.trunc(self.b.mul(v, ir.Constant(self.intp, LANES)), ir.IntType(32))
-        lanes = self.b.add(self.b.shuffle_vector(
-            self.b.insert_element(ir.Constant(_I32V, ir.Undefined), first, ir.Constant(ir.IntType(32), 0)),
-            ir.Constant(_I32V, ir.Undefined), ir.Constant(_I32V, [0] * LANES)), self.iota)
-        limit = self.b.shuffle_vector(
-            self.b.insert_element(ir.Constant(_I32V, ir.Undefined), self.b.trunc(n, ir.IntType(32)),
-                                  ir.Constant(ir.IntType(32), 0)),
-            ir.Constant(_I32V, ir.Undefined), ir.Constant(_I32V, [0] * LANES))
+        lanes = self.b.add(_splat(self.b, first), self.iota)
+        limit = _splat(self.b, self.b.trunc(n, ir.IntType(32)))
         return self.b.icmp_signed("<", lanes, limit)
 
     def fma(self, a, b, c):

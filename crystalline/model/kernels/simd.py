@@ -35,6 +35,15 @@ def _is_f32_array(arr):
     return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.layout == "C"
 
 
+def _splat(builder, value):
+    """A LANES-wide vector holding the IR scalar `value` in every lane."""
+    vtype = ir.VectorType(value.type, LANES)
+    undef = ir.Constant(vtype, ir.Undefined)
+    first = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(ir.IntType(32), LANES),
+                                                            [0] * LANES))
+
+
 def _base(context, builder, arr_type, arr, off_type, off):
     ary = context.make_array(arr_type)(context, builder, arr)
     return builder.gep(ary.data, [context.cast(builder, off, off_type, types.intp)])

@@ -21,14 +21,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-LANES = 16
+from crystalline.model.kernels.simd import _F32V, LANES, _is_f32_array, _splat
+
 ROWS = 4
-_F32V = ir.VectorType(ir.FloatType(), LANES)
-_I32 = ir.IntType(32)
-
-
-def _is_f32_array(arr):
-    return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.layout == "C"
 
 
 def _make_tile(vectors: int):
@@ -61,8 +56,6 @@ def _make_tile(vectors: int):
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_F32V, [_F32V] * 3), "llvm.fma.v16f32")
             zero = ir.Constant(_F32V, [0.0] * LANES)
-            undef = ir.Constant(_F32V, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
             acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)]
                    for _ in range(ROWS)]
             with cgutils.for_range(builder, integer(10)) as loop:
@@ -73,8 +66,7 @@ def _make_tile(vectors: int):
                 a_col = builder.gep(a_ptr, [builder.mul(k, aks_)])
                 for r in range(ROWS):
                     s = builder.load(builder.gep(a_col, [builder.mul(const(r), ars_)]), align=4)
-                    sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)),
-                                                undef, splat)
+                    sv = _splat(builder, s)
                     for v in range(vectors):
                         builder.store(builder.call(fma, [sv, bv[v], builder.load(acc[r][v])]),
                                       acc[r][v])
@@ -123,17 +115,14 @@ def transpose16(typingctx, dst, d_off, ldd, src, s_off, lds, scale):
 
         d_ptr = builder.gep(data(0), [integer(1)])
         s_ptr = builder.gep(data(3), [integer(4)])
-        s = context.cast(builder, args[6], sig.args[6], types.float32)
-        scale = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(_F32V, ir.Undefined), s, ir.Constant(_I32, 0)),
-            ir.Constant(_F32V, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+        scale = _splat(builder, context.cast(builder, args[6], sig.args[6], types.float32))
         rows = [builder.fmul(builder.load(row(s_ptr, integer(5), r), align=4), scale)
                 for r in range(LANES)]
         m = LANES // 2
         while m:     # swap the off-diagonal m x m blocks of every 2m x 2m block
-            lo = ir.Constant(ir.VectorType(_I32, LANES),
+            lo = ir.Constant(ir.VectorType(ir.IntType(32), LANES),
                              [j if not j & m else LANES + j - m for j in range(LANES)])
-            hi = ir.Constant(ir.VectorType(_I32, LANES),
+            hi = ir.Constant(ir.VectorType(ir.IntType(32), LANES),
                              [j + m if not j & m else LANES + j for j in range(LANES)])
             for i in range(LANES):
                 if not i & m:
