@@ -1,6 +1,6 @@
 """Checkpoints: one safetensors file (parameters and AdamW moments) with JSON metadata.
 
-    save_checkpoint(path, trainer)          # atomic: temp file, fsync, rename
+    save_checkpoint(path, trainer)          # atomic (crystalline.io); WriteError if it cannot
     trainer = load_trainer(Trainer, path)   # exact resume
     model, tokenizer, meta = load_model(path)    # for sampling
 
@@ -11,17 +11,18 @@ a crash mid-save leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from crystalline.config import ModelConfig, TrainConfig
-from crystalline.errors import CheckpointError, ConfigError, DataError
+from crystalline.errors import CheckpointError, ConfigError, DataError, WriteError
+from crystalline.io import atomic_path
 
 FORMAT = "crystalline-checkpoint"
 VERSION = 1
@@ -41,7 +42,6 @@ def _digest(tensors: dict[str, np.ndarray], meta: dict) -> str:
 def save_checkpoint(path, trainer) -> Path:
     """Write `trainer`'s state to `path` (conventionally *.safetensors); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"params": trainer.model.params, "adam_m": trainer.optimizer.m,
                "adam_v": trainer.optimizer.v}
     meta = {"format": FORMAT, "version": VERSION,
@@ -50,22 +50,12 @@ def save_checkpoint(path, trainer) -> Path:
             "adam_t": trainer.optimizer.t, "skipped_steps": trainer.skipped_steps,
             "data_source": str(trainer.corpus.source), "workers": trainer.workers, "sync": trainer.sync}
     meta["digest"] = _digest(tensors, meta)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={"crystalline": json.dumps(meta)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata={"crystalline": json.dumps(meta)})
+        except SafetensorError as e:          # the library's own wrapper of an OSError
+            raise WriteError(errno.EIO, f"cannot write checkpoint {path}: {e}; free some space or "
+                             f"write elsewhere (any previous {path.name} is intact)") from None
     return path
 
 

@@ -168,5 +168,5 @@ def load_toml(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
 
 
 def save_toml(path: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    Path(path).write_text(tomli_w.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}),
-                          encoding="utf-8")
+    from crystalline.io import atomic_write_text
+    atomic_write_text(path, tomli_w.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}))

@@ -68,7 +68,7 @@ def run_squad(args: argparse.Namespace) -> int:
     from crystalline.data.squad import render_squad_file
     text = render_squad_file(args.path)
     if args.output:
-        from crystalline.data.cache import atomic_write_bytes
+        from crystalline.io import atomic_write_bytes
         atomic_write_bytes(args.output, text.encode("utf-8"))
         print(f"wrote {len(text.encode('utf-8'))} bytes to {args.output}", file=sys.stderr)
     else:

@@ -2,11 +2,13 @@
 
     crystalline train --preset tiny --steps 200 --workers 2
     crystalline train --data squad:train-v1.1.json --config run.toml --run-dir runs/squad
-    crystalline train --resume runs/squad/checkpoint.safetensors --steps 500
+    crystalline train --resume runs/squad --steps 500     # or --resume runs/squad/checkpoint.safetensors
 
 The run folder holds config.toml, metrics.jsonl (one JSON object per step) and
-checkpoint.safetensors (written every --ckpt-interval steps and at the end). Ctrl-C closes the
-progress bar, writes a final consistent checkpoint and exits with code 130.
+checkpoint.safetensors (written every --ckpt-interval steps and at the end). It belongs to one
+run: a folder that holds a run is refused (--resume continues it, --overwrite replaces it), and
+it is locked while training. Ctrl-C or SIGTERM closes the progress bar, writes a final
+consistent checkpoint and exits with code 130 or 143.
 """
 
 from __future__ import annotations
@@ -16,9 +18,6 @@ import json
 import os
 import time
 from pathlib import Path
-
-EXIT_INTERRUPTED = 130
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on the sphere tree",
@@ -36,7 +35,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--eval-interval", type=int, help="steps between validation losses (0: off)")
     p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<preset>-<time>)")
     p.add_argument("--ckpt-interval", type=int, default=100, help="steps between checkpoints")
-    p.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR|CKPT",
+                   help="continue a run: its folder, or a checkpoint file (written to the checkpoint's folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run held by --run-dir")
     p.add_argument("--sample", type=int, default=200, metavar="N",
                    help="print N sampled tokens at the end (0: none; default 200)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -59,10 +60,12 @@ def _configs(args):
 def _make_trainer(args):
     from crystalline.data.corpus import bundled_corpus
     from crystalline.engine.trainer import Trainer
+    from crystalline.rundir import resume_paths
     if args.distributed:
         from crystalline.distributed import DistributedTrainer as Trainer
     if args.resume:
-        return Trainer.load(args.resume, corpus=args.data, workers=args.workers, sync=args.sync)
+        return Trainer.load(resume_paths(args.resume)[0], corpus=args.data, workers=args.workers,
+                            sync=args.sync)
     model_cfg, train_cfg = _configs(args)
     data = args.data or str(bundled_corpus())
     return Trainer(model_cfg, train_cfg, data, workers=args.workers, sync=args.sync,
@@ -70,57 +73,84 @@ def _make_trainer(args):
 
 
 def run(args) -> int:
-    if not args.distributed:
-        return _run(args)
-    from crystalline.distributed import abort_on_error
-    with abort_on_error():      # a rank that raises ends every rank, never a hang
-        return _run(args)
+    try:
+        if not args.distributed:
+            return _run(args)
+        from crystalline.distributed import abort_on_error
+        with abort_on_error():      # a rank that raises ends every rank, never a hang
+            return _run(args)
+    except MemoryError:
+        from crystalline.errors import ConfigError
+        raise ConfigError("ran out of memory; lower --batch-size, --workers or the model size") from None
 
 
 def _run(args) -> int:
+    from crystalline import signals
     from crystalline.config import save_toml
     from crystalline.engine.trainer import TrainingStopped
     from crystalline.errors import ConfigError
+    from crystalline.rundir import open_run_folder, resume_paths
     if args.steps is not None and args.steps <= 0:
         raise ConfigError(f"--steps {args.steps} is invalid: use a positive number of steps")
     if args.ckpt_interval <= 0:
         raise ConfigError(f"--ckpt-interval {args.ckpt_interval} is invalid: use a positive number")
-    trainer = _make_trainer(args)
-    root = getattr(trainer, "is_root", True)   # under MPI only rank 0 prints and writes files
-    steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
-    run_dir = args.run_dir or (args.resume.parent if args.resume else
+    resume = resume_paths(args.resume) if args.resume else None
+    run_dir = args.run_dir or (resume[1] if resume else
                                Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    ckpt = run_dir / "checkpoint.safetensors"
-    if root:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_toml(run_dir / "config.toml", trainer.model_cfg, trainer.train_cfg)
-        print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
-              f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
-    interrupted = False
-    with open(run_dir / "metrics.jsonl" if root else os.devnull, "a", encoding="utf-8") as metrics:
-        try:
-            _train(trainer, steps, args, metrics, ckpt)      # Ctrl-C: TrainingStopped
-        except (KeyboardInterrupt, TrainingStopped):
-            interrupted = True
-        finally:
-            trainer.close()
-            trainer.save(ckpt)
+    root = not args.distributed or _mpi_rank() == 0    # under MPI only rank 0 prints and writes files
+    folder = open_run_folder(run_dir, resume and resume[0], args.overwrite) if root else None
+    try:
+        trainer = _make_trainer(args)
+        signals.watch(trainer, escalate=not args.distributed)   # a signal now ends training cleanly
+        steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
+        ckpt = run_dir / "checkpoint.safetensors"
+        if root:
+            if args.overwrite:
+                folder.clear()
+            if resume:
+                folder.trim_metrics(trainer.steps_done)     # each step's line once, as in the checkpoint
+            save_toml(folder.config, trainer.model_cfg, trainer.train_cfg)
+            print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
+                  f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
+        interrupted = False
+        saved = [trainer.steps_done]          # a checkpoint is written only for steps it lacks
+        with open(folder.metrics if root else os.devnull, "a", encoding="utf-8") as metrics:
+            try:
+                _train(trainer, steps, args, metrics, ckpt, saved)   # Ctrl-C / SIGTERM: TrainingStopped
+            except TrainingStopped:
+                interrupted = True
+            finally:
+                trainer.close()
+                if trainer.steps_done != saved[0]:
+                    trainer.save(ckpt)
+                    saved[0] = trainer.steps_done
+        signals.watch(None)                   # everything is written: a signal now ends at once
+    finally:
+        if folder is not None:
+            folder.close()
+    code = signals.exit_code() or (130 if interrupted else 0)
     last = trainer.history[-1] if len(trainer.history) else {}
-    state = "interrupted" if interrupted else "done"
+    state = "interrupted" if code else "done"
     if root:
-        print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}; "
-              f"checkpoint {ckpt}")
-        if args.sample > 0 and not interrupted:
+        written = f"checkpoint {ckpt}" if ckpt.exists() else "no checkpoint (no step was completed)"
+        print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}; {written}")
+        if args.sample > 0 and not code:
             _print_sample(trainer, args.sample)
-    return EXIT_INTERRUPTED if interrupted else 0
+    return code or 0
 
 
-def _train(trainer, steps, args, metrics, ckpt) -> None:
+def _mpi_rank() -> int:
+    from crystalline.distributed import _mpi
+    return _mpi().COMM_WORLD.rank
+
+
+def _train(trainer, steps, args, metrics, ckpt, saved) -> None:
     def after_step(record):
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
         if trainer.steps_done % args.ckpt_interval == 0:
             trainer.save(ckpt)
+            saved[0] = trainer.steps_done
 
     trainer.run(steps, progress=not args.no_progress, on_step=after_step)
 

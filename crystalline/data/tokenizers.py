@@ -83,7 +83,7 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> Path:
         """Write the tokenizer as UTF-8 JSON, atomically; returns the path."""
-        from crystalline.data.cache import atomic_write_bytes
+        from crystalline.io import atomic_write_bytes
         path = Path(path)
         atomic_write_bytes(path, (json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
         return path

@@ -33,6 +33,7 @@ from crystalline.config import MAX_WORKERS, ModelConfig, TrainConfig
 from crystalline.data.batching import Batches
 from crystalline.data.corpus import Corpus, load_corpus
 from crystalline.engine.hierarchy import Hierarchy
+from crystalline.engine.memory import check_fits
 from crystalline.engine.optimizer import AdamW, learning_rate
 from crystalline.engine.spheres import SYNC_MODES, Job, SphereTree
 from crystalline.engine.stats import FIELD, History, SphereStats, group_tokens_per_s, slowest_group
@@ -113,6 +114,8 @@ class Trainer:
         if model_cfg.vocab_size != self.corpus.tokenizer.vocab_size:
             model_cfg = model_cfg.replace(vocab_size=self.corpus.tokenizer.vocab_size)
         self.model_cfg, self.train_cfg, self.sync = model_cfg, train_cfg, sync
+        self.hierarchy = self._make_hierarchy(workers, hierarchy)
+        check_fits(model_cfg, train_cfg.batch_size, self.hierarchy, self._sequences()[1])   # before allocating
         self.model = GPT(model_cfg, seed=train_cfg.seed)
         self.optimizer = AdamW(self.model, train_cfg)
         self.steps_done = 0
@@ -129,7 +132,6 @@ class Trainer:
         self.batches = Batches(train_tokens, T, B, train_cfg.seed)
         self.val_batches = Batches(val_tokens, T, B, train_cfg.seed + 1) if len(val_tokens) > T + 1 else None
         self.history = History()
-        self.hierarchy = self._make_hierarchy(workers, hierarchy)
         self.stats = SphereStats(self.hierarchy)
         self._tree: SphereTree | None = None
         self._blas_limit = None
@@ -229,6 +231,8 @@ class Trainer:
         if outcome.failure is not None:
             sphere, exc = outcome.failure
             self._close_tree()
+            if isinstance(exc, TrainingStopped):      # e.g. MPI ranks agreed to stop: not a failure
+                raise TrainingStopped(str(exc)) from None
             raise TrainingError(f"sphere {sphere.id} ({'node zero' if sphere.is_node_zero else sphere.role}, "
                                 f"worker {sphere.worker_index}, group {sphere.group}, level {sphere.level}) "
                                 f"raised {type(exc).__name__}: {exc} during {job.kind} step {job.step}; "
@@ -244,7 +248,13 @@ class Trainer:
         with self._step_lock:
             step = self.steps_done
             lr = learning_rate(step, self.train_cfg)
-            outcome = self._run_job(Job("train", step, self.batches))
+            try:
+                if self._stop_before_step():
+                    raise TrainingStopped(f"stopped before step {step}; the parameters are as before it")
+                outcome = self._run_job(Job("train", step, self.batches))
+            except TrainingStopped:
+                self._interrupted = False            # the request is answered
+                raise
             loss, norm, applied = outcome.update
             seconds = outcome.timings["total"]
             result = StepResult(step=step, loss=loss, tokens=self.tokens_per_step, seconds=seconds,
@@ -283,34 +293,47 @@ class Trainer:
 
         on_step: optional callable(history record), called after each step (and its validation).
         A stalled step shows on the bar which sphere has not arrived at which barrier. Ctrl-C
-        (in the main thread) or interrupt() ends it with TrainingStopped; the parameters are
-        those after the last completed step.
+        (in the main thread), interrupt() or stop() from any thread, at any moment, even just
+        before run() begins, ends it with TrainingStopped after at most the step in flight; the
+        parameters are those after the last completed step. A completed step always reaches
+        on_step, even when its validation is interrupted.
         """
         from tqdm.auto import tqdm
         results, previous = [], self.on_stall
-        self._interrupted = False
         with _ctrl_c_interrupts(self), \
                 tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
             self.on_stall = lambda stall: bar.set_postfix_str(_stall_text(stall))
             try:
                 for _ in range(steps):
-                    if self._interrupted:
+                    if self._stop_before_step():
                         raise TrainingStopped(f"interrupted before step {self.steps_done}")
                     results.append(self.step())
-                    if self._eval_due():
-                        self._evaluate_into_history()
-                    record = self.history[-1]
-                    postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{record['tokens_per_s']:,.0f}",
-                               "slowest group": self.slowest_group()}
-                    if "val_loss" in record:
-                        postfix["val"] = f"{record['val_loss']:.3f}"
-                    bar.set_postfix(postfix, refresh=False)
-                    bar.update(1)
-                    if on_step is not None:
-                        on_step(record)
+                    try:
+                        if self._eval_due():
+                            self._evaluate_into_history()
+                    finally:
+                        self._report_step(bar, on_step)
+            except TrainingStopped:
+                self._interrupted = False            # this run took the request
+                raise
             finally:
                 self.on_stall = previous
         return results
+
+    def _report_step(self, bar, on_step) -> None:
+        record = self.history[-1]
+        postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{record['tokens_per_s']:,.0f}",
+                   "slowest group": self.slowest_group()}
+        if "val_loss" in record:
+            postfix["val"] = f"{record['val_loss']:.3f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+        if on_step is not None:
+            on_step(record)
+
+    def _stop_before_step(self) -> bool:
+        """Whether run() ends before its next step (DistributedTrainer lets the ranks decide)."""
+        return self._interrupted
 
     def _eval_due(self) -> bool:
         every = self.train_cfg.eval_interval
@@ -331,6 +354,7 @@ class Trainer:
         if self._driver is not None and self._driver.is_alive():
             raise TrainingError("the trainer is already running; call stop() first")
         self._stop_requested.clear()
+        self._interrupted = False
         self._running.set()
         self.driver_error = None
         self._driver = threading.Thread(target=self._drive, args=(steps,), daemon=True,
@@ -374,33 +398,40 @@ class Trainer:
         self._running.set()
 
     def stop(self) -> None:
-        """Stop background training promptly: an in-flight step is abandoned before its update.
+        """Stop background training, or a run() in another thread, promptly: an in-flight step
+        is abandoned before its update.
 
         Returns when every sphere thread has ended; the parameters are those after the last
-        completed step.
+        completed step. A stop() that finds no background training pending stays pending until
+        a run() takes it: a run() in progress, or about to begin, ends before its next step.
         """
         self._stop_requested.set()
         self._running.set()
-        tree = self._tree
-        if tree is not None:
-            tree.abort()
+        self.interrupt()
         if self._driver is not None:
             self._driver.join()
             self._driver = None
+            self._interrupted = False           # the background training took the request
         with self._step_lock:
             self._close_tree()
 
     def interrupt(self) -> None:
         """End run() at once: the step in flight is abandoned before its update and run() raises
-        TrainingStopped. Takes no lock and waits for nothing, so a signal handler may call it
-        (run()'s Ctrl-C handler does); close() then ends the threads."""
+        TrainingStopped (a request made before run() begins ends it before its first step).
+        Takes no lock and waits for nothing, so a signal handler may call it (run()'s Ctrl-C
+        handler and the CLI's do); close() then ends the threads."""
         self._interrupted = True
+        self._abort_in_flight()
+
+    def _abort_in_flight(self) -> None:
         tree = self._tree
         if tree is not None:
             tree.abort()
 
     def close(self) -> None:
+        """Stop training and end every sphere thread; no stop request is left pending."""
         self.stop()
+        self._interrupted = False
 
     def __enter__(self):
         return self
