@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from crystalline import signals
-    previous = signals.install()     # before any heavy import: Ctrl-C / SIGTERM never give a traceback
+    previous = None
     try:
+        previous = signals.install()     # before any heavy import: Ctrl-C / SIGTERM give no traceback
         args = build_parser().parse_args(argv)
         from crystalline.errors import CrystallineError
         try:
