@@ -110,10 +110,10 @@ def test_stop_from_another_thread_at_any_moment_ends_run(shakespeare):
         stopper = threading.Timer(float(rng.uniform(0, 0.3)), tr.stop)
         before = tr.steps_done
         stopper.start()
-        with pytest.raises(TrainingStopped):
-            tr.run(100_000, progress=False)
+        with pytest.raises(TrainingStopped):     # a missed stop() would run all 1,500 steps
+            tr.run(1500, progress=False)
         stopper.join()
-        assert tr.steps_done - before < 100_000, f"trial {trial}"
+        assert tr.steps_done - before < 1500, f"trial {trial}"
     tr.run(2, progress=False)                    # nothing is left pending: the next run trains
     tr.close()
 
@@ -122,13 +122,18 @@ def test_interrupt_during_validation_still_reports_the_step(shakespeare):
     """The step before an interrupted validation was applied: its record must reach on_step (the
     CLI's metrics.jsonl line), so the metrics agree with the checkpoint written after it."""
     tr = Trainer(MODEL_CFG, TRAIN_CFG.replace(eval_interval=2, eval_batches=2), shakespeare, workers=2)
-    evaluate, records = tr.evaluate, []
+    evaluate, forward, records, validating = tr.evaluate, tr.model.forward_into, [], threading.Event()
 
-    def interrupted_evaluate(*args, **kw):
-        tr.interrupt()
+    def evaluate_flagged(*args, **kw):
+        validating.set()
         return evaluate(*args, **kw)
-    tr.evaluate = interrupted_evaluate
-    with pytest.raises(TrainingStopped):
+
+    def forward_interrupted_in_validation(ws, x, y, params=None):
+        if validating.is_set():
+            tr.interrupt()                       # lands while the validation job is in flight
+        return forward(ws, x, y, params)
+    tr.evaluate, tr.model.forward_into = evaluate_flagged, forward_interrupted_in_validation
+    with pytest.raises(TrainingStopped, match="eval"):
         tr.run(10, progress=False, on_step=records.append)
     assert tr.steps_done == 2
     assert [r["step"] for r in records] == [0, 1]
