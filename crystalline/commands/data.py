@@ -46,7 +46,7 @@ def run_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from crystalline.data.corpus import corpus_info, folder_entries
-    if args.list and Path(args.path).is_dir():
+    if args.list and args.path and Path(args.path).is_dir():
         for entry in folder_entries(args.path):
             print(f"skip  {entry.name}  ({entry.skipped})" if entry.skipped else f"take  {entry.name}")
     info = corpus_info(args.path, tokenizer=args.tokenizer, cache_dir=args.cache_dir)
