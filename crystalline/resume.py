@@ -1,6 +1,6 @@
 """What `crystalline train --resume CKPT` may change, and what it refuses.
 
-    trainer = resume_trainer(Trainer, args)      # args: the train command's parsed flags
+    trainer = resume_trainer(Trainer, ckpt, args)    # args: the train command's parsed flags
 
 A resumed run continues the run that wrote the checkpoint, exactly as if it had never stopped
 (each step's batch is a function of the seed and the step; its learning rate, of the step and
@@ -34,9 +34,8 @@ FIXED_TRAIN_FLAGS = {
 }
 
 
-def check_flags(args, meta: dict) -> None:
+def check_flags(args, meta: dict, ckpt) -> None:
     """Refuse the flags a resumed run cannot take (see the module docstring)."""
-    ckpt = args.resume
     for flag, given in (("--preset", args.preset), ("--config", args.config)):
         if given is not None:
             raise ConfigError(f"{flag} cannot change a resumed run: {ckpt} holds its model and "
@@ -64,13 +63,13 @@ def check_corpus(corpus, meta: dict, data_changed_ok: bool, ckpt) -> None:
                         "pass the same text, or --data-changed-ok to train on this one")
 
 
-def resume_trainer(trainer_cls, args):
-    """The trainer restored from args.resume with the flags a resume may change applied."""
+def resume_trainer(trainer_cls, ckpt, args):
+    """The trainer restored from the checkpoint `ckpt`, with the flags a resume may change applied."""
     from crystalline.checkpoint import read_checkpoint
-    _, meta = read_checkpoint(args.resume)
-    check_flags(args, meta)
-    trainer = trainer_cls.load(args.resume, corpus=args.data, workers=args.workers, sync=args.sync)
-    check_corpus(trainer.corpus, meta, args.data_changed_ok, args.resume)
+    _, meta = read_checkpoint(ckpt)
+    check_flags(args, meta, ckpt)
+    trainer = trainer_cls.load(ckpt, corpus=args.data, workers=args.workers, sync=args.sync)
+    check_corpus(trainer.corpus, meta, args.data_changed_ok, ckpt)
     if args.eval_interval is not None:
         trainer.train_cfg = trainer.train_cfg.replace(eval_interval=args.eval_interval)
     return trainer

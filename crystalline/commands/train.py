@@ -72,7 +72,7 @@ def _make_trainer(args):
         from crystalline.distributed import DistributedTrainer as Trainer
     if args.resume:
         from crystalline.resume import resume_trainer
-        return resume_trainer(Trainer, args)
+        return resume_trainer(Trainer, args.resume, args)
     model_cfg, train_cfg = _configs(args)
     data = args.data if args.data is not None else str(bundled_corpus())
     return Trainer(model_cfg, train_cfg, data, workers=args.workers, sync=args.sync,
