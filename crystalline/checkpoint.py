@@ -28,7 +28,8 @@ FORMAT = "crystalline-checkpoint"
 VERSION = 1
 TENSORS = ("params", "adam_m", "adam_v")
 META_KEYS = {"format", "version", "model_config", "train_config", "tokenizer", "step", "adam_t",
-             "skipped_steps", "data_source", "workers", "sync", "digest"}
+             "skipped_steps", "data_source", "data_sha256", "workers", "sync", "digest"}
+LEGACY_META_KEYS = META_KEYS - {"data_sha256"}     # written before the corpus hash was recorded
 
 
 def _digest(tensors: dict[str, np.ndarray], meta: dict) -> str:
@@ -48,7 +49,8 @@ def save_checkpoint(path, trainer) -> Path:
             "model_config": trainer.model_cfg.to_dict(), "train_config": trainer.train_cfg.to_dict(),
             "tokenizer": trainer.corpus.tokenizer.to_dict(), "step": trainer.steps_done,
             "adam_t": trainer.optimizer.t, "skipped_steps": trainer.skipped_steps,
-            "data_source": str(trainer.corpus.source), "workers": trainer.workers, "sync": trainer.sync}
+            "data_source": str(trainer.corpus.source), "data_sha256": trainer.corpus.sha256,
+            "workers": trainer.workers, "sync": trainer.sync}
     meta["digest"] = _digest(tensors, meta)
     with atomic_path(path) as tmp:
         try:
@@ -62,6 +64,10 @@ def save_checkpoint(path, trainer) -> Path:
 def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     """The tensors and verified metadata of a checkpoint file, or a CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoint.safetensors"
+        hint = f"pass {inside}" if inside.is_file() else "pass the path of a .safetensors file in it"
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .safetensors "
                               "file written by crystalline (e.g. runs/NAME/checkpoint.safetensors)")
@@ -86,11 +92,13 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: metadata is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or set(meta) != META_KEYS:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT \
+            or set(meta) not in (META_KEYS, LEGACY_META_KEYS):
         raise CheckpointError(f"{path}: metadata is not a crystalline checkpoint's (fields differ)")
     if meta["version"] != VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta['version']!r}; this crystalline "
                               f"reads version {VERSION}")
+    _check_metadata_fields(path, meta)
     if set(tensors) != set(TENSORS) or any(t.dtype != np.float32 or t.ndim != 1 for t in tensors.values()):
         raise CheckpointError(f"{path}: expected float32 vectors {list(TENSORS)}, found "
                               f"{ {k: (str(v.dtype), v.shape) for k, v in tensors.items()} }")
@@ -98,6 +106,35 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
         raise CheckpointError(f"{path}: digest mismatch: the file was modified or corrupted after it "
                               "was written; use an earlier checkpoint")
     return tensors, meta
+
+
+def _check_metadata_fields(path, meta: dict) -> None:
+    """Each metadata field has its type and range, or a CheckpointError names the field."""
+    from crystalline.config import MAX_STEPS, MAX_WORKERS
+
+    def count(value, high):
+        return type(value) is int and 0 <= value <= high
+
+    def sha256(value):
+        return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+    checks = {
+        "model_config": (lambda v: isinstance(v, dict), "a table of ModelConfig fields"),
+        "train_config": (lambda v: isinstance(v, dict), "a table of TrainConfig fields"),
+        "tokenizer": (lambda v: isinstance(v, dict), "a tokenizer description"),
+        "step": (lambda v: count(v, MAX_STEPS), f"an integer from 0 to {MAX_STEPS:,}"),
+        "adam_t": (lambda v: count(v, meta["step"]), "an integer from 0 to the step"),
+        "skipped_steps": (lambda v: count(v, meta["step"]), "an integer from 0 to the step"),
+        "data_source": (lambda v: isinstance(v, str), "a path (a string)"),
+        "data_sha256": (sha256, "a SHA-256 hex digest"),
+        "workers": (lambda v: count(v, MAX_WORKERS) and v > 0, f"an integer from 1 to {MAX_WORKERS}"),
+        "sync": (lambda v: v in ("lock_free", "model_lock"), '"lock_free" or "model_lock"'),
+        "digest": (sha256, "a SHA-256 hex digest"),
+    }
+    for name, (ok, expected) in checks.items():
+        if name in meta and not ok(meta[name]):
+            raise CheckpointError(f"{path}: metadata field {name} = {meta[name]!r:.80} is invalid "
+                                  f"(expected {expected}); the file is damaged: use an earlier checkpoint")
 
 
 def _configs(path, meta) -> tuple[ModelConfig, TrainConfig]:

@@ -31,7 +31,7 @@ def test_info_subprocess_on_the_bundled_corpus(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     info = fields(done.stdout)
-    assert info["bytes"] == "1115394" and info["tokens"] == "1115394"
+    assert info["bytes"] == "1,115,394" and info["tokens"] == "1,115,394"
     assert info["vocabulary size"] == "256" and info["tokenizer"] == "byte"
 
 

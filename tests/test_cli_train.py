@@ -54,6 +54,9 @@ def test_bad_prompts_are_clear_errors(tmp_path, capsys):
     assert main(["sample", "--ckpt", ckpt, "--prompt", ""]) == 2
     assert "prompt is empty" in capsys.readouterr().err
     assert main(["sample", "--ckpt", ckpt, "--temperature", "0"]) == 2
+    assert "--temperature 0.0 is invalid" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(run), "--prompt", "x"]) == 2      # the run folder itself
+    assert f"is a folder, not a checkpoint file; pass {ckpt}" in capsys.readouterr().err
 
 
 def test_ctrl_c_writes_a_final_checkpoint_and_exits_130(tmp_path):

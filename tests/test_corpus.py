@@ -55,7 +55,7 @@ def test_binary_rule():
 def test_folder_without_text_files(tmp_path):
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "x.bin").write_bytes(PNG_HEAD)
-    with pytest.raises(DataError, match=r"no text files \(1 binary file\(s\) skipped\)"):
+    with pytest.raises(DataError, match=r"no text files \(skipped: 1 binary\)"):
         load_corpus(tmp_path / "only", cache_dir=tmp_path / "cache")
     (tmp_path / "none").mkdir()
     with pytest.raises(DataError, match="no text files"):

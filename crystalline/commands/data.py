@@ -1,6 +1,7 @@
 """`crystalline data ...`: look at corpora and prepare SQuAD.
 
     crystalline data info data/tinyshakespeare.txt [--tokenizer byte|word]
+    crystalline data info data/ --list          # which files a folder corpus takes and skips
     crystalline data squad train-v2.0.json [-o squad.txt]
     crystalline data squad --download 2.0 [--split train|dev] [--dest data/]
 """
@@ -21,6 +22,8 @@ def add_parser(subparsers) -> None:
     info.add_argument("path", metavar="PATH", help="text file, folder of text files, or squad:FILE.json")
     info.add_argument("--tokenizer", default="byte", choices=["byte", "word"],
                       help="tokenizer to count with (word: trained on this corpus); default byte")
+    info.add_argument("--list", action="store_true",
+                      help="first list every file of a folder corpus: taken, or skipped and why")
     info.add_argument("--cache-dir", default=None,
                       help="token cache folder (default $CRYSTALLINE_CACHE or ~/.cache/crystalline)")
     info.set_defaults(func=run_info)
@@ -42,13 +45,18 @@ def add_parser(subparsers) -> None:
 def run_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from crystalline.data.corpus import corpus_info
+    from crystalline.data.corpus import corpus_info, folder_entries
+    if args.list and args.path and Path(args.path).is_dir():
+        for entry in folder_entries(args.path):
+            print(f"skip  {entry.name}  ({entry.skipped})" if entry.skipped else f"take  {entry.name}")
     info = corpus_info(args.path, tokenizer=args.tokenizer, cache_dir=args.cache_dir)
+    if args.list and not Path(args.path).is_dir():
+        print(f"take  {args.path}")
     rows = [("source", info["source"])]
     if Path(args.path).is_dir():
-        rows.append(("files", info["files"]))
-    rows += [("bytes", info["bytes"]), ("tokens", info["tokens"]),
-             ("vocabulary size", info["vocab_size"]), ("tokenizer", info["tokenizer"])]
+        rows.append(("files", f"{info['files']:,}"))
+    rows += [("bytes", f"{info['bytes']:,}"), ("tokens", f"{info['tokens']:,}"),
+             ("vocabulary size", f"{info['vocab_size']:,}"), ("tokenizer", info["tokenizer"])]
     width = max(len(name) for name, _ in rows) + 2
     for name, value in rows:
         print(f"{name + ':':<{width}}{value}")

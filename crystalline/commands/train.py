@@ -4,6 +4,11 @@
     crystalline train --data squad:train-v1.1.json --config run.toml --run-dir runs/squad
     crystalline train --resume runs/squad --steps 500     # or --resume runs/squad/checkpoint.safetensors
 
+--steps N on a new run also sets the learning-rate schedule's length (max_steps = N) unless
+--max-steps says otherwise. --resume continues the same run: flags that would change it
+(--preset, --config, --tokenizer, --batch-size, --seed, --lr, --max-steps, another corpus) are
+refused; see crystalline.resume.
+
 The run folder holds config.toml, metrics.jsonl (one JSON object per step) and
 checkpoint.safetensors (written every --ckpt-interval steps and at the end). It belongs to one
 run: a folder that holds a run is refused (--resume continues it, --overwrite replaces it), and
@@ -19,14 +24,17 @@ import os
 import time
 from pathlib import Path
 
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on the sphere tree",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny", help="tiny | small | cllm-4.5m (default: tiny)")
+    p.add_argument("--preset", help="tiny | small | cllm-4.5m (default: tiny)")
     p.add_argument("--config", type=Path, help="a TOML file with [model] and [train] tables")
     p.add_argument("--data", help="text file, folder or squad:PATH (default: bundled Tiny Shakespeare)")
-    p.add_argument("--tokenizer", choices=["byte", "word"], default="byte")
-    p.add_argument("--steps", type=int, help="steps to run (default: the config's max_steps)")
+    p.add_argument("--tokenizer", choices=["byte", "word"], help="default: byte")
+    p.add_argument("--steps", type=int, help="steps to run (default: the config's max_steps); on a "
+                   "new run also the schedule's length")
+    p.add_argument("--max-steps", type=int, help="length of the learning-rate schedule, if not --steps")
     p.add_argument("--workers", type=int, help="worker spheres (default: this machine's cores)")
     p.add_argument("--sync", choices=["lock_free", "model_lock"], default="lock_free")
     p.add_argument("--batch-size", type=int, help="sequences per global step")
@@ -38,6 +46,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR|CKPT",
                    help="continue a run: its folder, or a checkpoint file (written to the checkpoint's folder)")
     p.add_argument("--overwrite", action="store_true", help="replace the run held by --run-dir")
+    p.add_argument("--data-changed-ok", action="store_true",
+                   help="resume on a corpus whose bytes differ from the checkpoint's")
     p.add_argument("--sample", type=int, default=200, metavar="N",
                    help="print N sampled tokens at the end (0: none; default 200)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -47,14 +57,14 @@ def add_parser(subparsers) -> None:
 
 
 def _configs(args):
-    from crystalline.config import load_toml, preset
-    model_cfg, train_cfg = load_toml(args.config) if args.config else preset(args.preset)
+    from crystalline.config import load_toml, preset, schedule_for_run
+    model_cfg, train_cfg = load_toml(args.config) if args.config else preset(args.preset or "tiny")
     overrides = {"batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed,
                  "eval_interval": args.eval_interval}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "learning_rate" in overrides:
         overrides["min_lr"] = min(train_cfg.min_lr, overrides["learning_rate"])
-    return model_cfg, train_cfg.replace(**overrides)
+    return model_cfg, schedule_for_run(train_cfg.replace(**overrides), args.steps, args.max_steps)
 
 
 def _make_trainer(args):
@@ -64,12 +74,12 @@ def _make_trainer(args):
     if args.distributed:
         from crystalline.distributed import DistributedTrainer as Trainer
     if args.resume:
-        return Trainer.load(resume_paths(args.resume)[0], corpus=args.data, workers=args.workers,
-                            sync=args.sync)
+        from crystalline.resume import resume_trainer
+        return resume_trainer(Trainer, resume_paths(args.resume)[0], args)
     model_cfg, train_cfg = _configs(args)
-    data = args.data or str(bundled_corpus())
+    data = args.data if args.data is not None else str(bundled_corpus())
     return Trainer(model_cfg, train_cfg, data, workers=args.workers, sync=args.sync,
-                   tokenizer=args.tokenizer)
+                   tokenizer=args.tokenizer or "byte")
 
 
 def run(args) -> int:
@@ -86,23 +96,27 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from crystalline import signals
-    from crystalline.config import save_toml
+    from crystalline.config import MAX_SAMPLE_TOKENS, MAX_STEPS, save_toml
     from crystalline.engine.trainer import TrainingStopped
     from crystalline.errors import ConfigError
+    from crystalline.resume import steps_to_run
     from crystalline.rundir import open_run_folder, resume_paths
-    if args.steps is not None and args.steps <= 0:
-        raise ConfigError(f"--steps {args.steps} is invalid: use a positive number of steps")
-    if args.ckpt_interval <= 0:
-        raise ConfigError(f"--ckpt-interval {args.ckpt_interval} is invalid: use a positive number")
+    for flag, value, low, high in (("--steps", args.steps, 1, MAX_STEPS),
+                                   ("--ckpt-interval", args.ckpt_interval, 1, MAX_STEPS),
+                                   ("--sample", args.sample, 0, MAX_SAMPLE_TOKENS)):
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"{flag} {value} is invalid: use {low} to {high:,}")
+    if args.data_changed_ok and not args.resume:
+        raise ConfigError("--data-changed-ok only applies with --resume; drop it for a new run")
     resume = resume_paths(args.resume) if args.resume else None
     run_dir = args.run_dir or (resume[1] if resume else
-                               Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+                               Path("runs") / f"{args.preset or 'tiny'}-{time.strftime('%Y%m%d-%H%M%S')}")
     root = not args.distributed or _mpi_rank() == 0    # under MPI only rank 0 prints and writes files
     folder = open_run_folder(run_dir, resume and resume[0], args.overwrite) if root else None
     try:
         trainer = _make_trainer(args)
         signals.watch(trainer, escalate=not args.distributed)   # a signal now ends training cleanly
-        steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
+        steps = steps_to_run(args, trainer)
         ckpt = run_dir / "checkpoint.safetensors"
         if root:
             if args.overwrite:
@@ -112,11 +126,13 @@ def _run(args) -> int:
             save_toml(folder.config, trainer.model_cfg, trainer.train_cfg)
             print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
                   f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
-        interrupted = False
+            print(_schedule(trainer.train_cfg))
+        interrupted, val_loss = False, None
         saved = [trainer.steps_done]          # a checkpoint is written only for steps it lacks
         with open(folder.metrics if root else os.devnull, "a", encoding="utf-8") as metrics:
             try:
                 _train(trainer, steps, args, metrics, ckpt, saved)   # Ctrl-C / SIGTERM: TrainingStopped
+                val_loss = _final_val_loss(trainer)
             except TrainingStopped:
                 interrupted = True
             finally:
@@ -133,7 +149,8 @@ def _run(args) -> int:
     state = "interrupted" if code else "done"
     if root:
         written = f"checkpoint {ckpt}" if ckpt.exists() else "no checkpoint (no step was completed)"
-        print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}; {written}")
+        val = "" if val_loss is None else f", validation loss {val_loss:.4f}"
+        print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}{val}; {written}")
         if args.sample > 0 and not code:
             _print_sample(trainer, args.sample)
     return code or 0
@@ -153,6 +170,19 @@ def _train(trainer, steps, args, metrics, ckpt, saved) -> None:
             saved[0] = trainer.steps_done
 
     trainer.run(steps, progress=not args.no_progress, on_step=after_step)
+
+
+def _schedule(cfg) -> str:
+    return (f"learning rate: warm-up over {cfg.warmup_steps:,} steps to {cfg.learning_rate:g}, cosine "
+            f"to {cfg.min_lr:g} at step {cfg.max_steps:,} (max_steps)")
+
+
+def _final_val_loss(trainer) -> float | None:
+    """The last step's validation loss, measured now if that step had none (None: no held-out data)."""
+    if trainer.val_batches is None:
+        return None
+    last = trainer.history[-1] if len(trainer.history) else {}
+    return last["val_loss"] if "val_loss" in last else trainer.evaluate()
 
 
 def _print_sample(trainer, tokens: int) -> None:

@@ -41,7 +41,7 @@ from crystalline.errors import ConfigError, TrainingError
 from crystalline.model.gpt import GPT
 
 VAL_FRACTION = 0.1
-MAX_SKIPPED_IN_A_ROW = 10     # non-finite gradients this many steps running stop the run
+MAX_SKIPPED_IN_A_ROW = 10     # non-finite gradients or updates this many steps running stop the run
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +58,7 @@ class StepResult:
     tokens_per_s: float
     lr: float
     grad_norm: float       # global gradient norm before clipping
-    skipped: bool          # True when the gradient was not finite and no update was applied
+    skipped: bool          # True when the gradient or the update was not finite: nothing applied
     timings: dict          # hand_out / parallel (A to B) / reduce / update / total seconds
 
 
@@ -263,9 +263,9 @@ class Trainer:
             self._record(result)
             self._recent_seconds.append(seconds)
             if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                raise TrainingError(f"the gradient was not finite for {self._skipped_in_a_row} steps "
-                                    f"in a row (up to step {step}); no update was applied. Lower the "
-                                    "learning rate or check the data")
+                raise TrainingError(f"the gradient or the update was not finite for "
+                                    f"{self._skipped_in_a_row} steps in a row (up to step {step}); no "
+                                    "update was applied. Lower the learning rate or check the data")
             return result
 
     def evaluate(self, batches: int | None = None) -> float:
