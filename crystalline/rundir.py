@@ -3,7 +3,7 @@
     folder = open_run_folder(path, resume_from=None, overwrite=False)   # RunFolderError if taken
     folder.clear()                      # --overwrite: drop the old run's files (after the start)
     folder.trim_metrics(step)           # --resume: keep exactly the checkpoint's steps
-    folder.close()                      # release the lock (the kernel does it at exit anyway)
+    folder.close()                      # release the lock; a folder this run made and left empty goes
 
 A folder "holds a run" when it has a checkpoint.safetensors, config.toml or metrics.jsonl.
 A new run is refused there (continue it with --resume, replace it with --overwrite); a resume
@@ -14,6 +14,7 @@ the PID that holds it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 from pathlib import Path
@@ -48,8 +49,8 @@ def _same(a: Path, b: Path) -> bool:
 class RunFolder:
     """An open, locked run folder."""
 
-    def __init__(self, path: Path, lock: RunLock):
-        self.path, self.lock = path, lock
+    def __init__(self, path: Path, lock: RunLock, created: bool = False):
+        self.path, self.lock, self.created = path, lock, created
         self.checkpoint, self.config, self.metrics = (path / n for n in RUN_FILES)
 
     def clear(self) -> None:
@@ -78,7 +79,12 @@ class RunFolder:
         return len(kept)
 
     def close(self) -> None:
+        """Release the lock; remove the folder if this run created it and a failed start left it empty."""
         self.lock.release()
+        if self.created and {p.name for p in self.path.iterdir()} <= {self.lock.path.name}:
+            with contextlib.suppress(OSError):
+                self.lock.path.unlink()
+                self.path.rmdir()
 
 
 def _unusable(path: Path, e: OSError) -> RunFolderError:
@@ -96,6 +102,7 @@ def open_run_folder(path: str | Path, resume_from: Path | None = None, overwrite
     resume_from: the checkpoint a resumed run starts from (None for a new run).
     """
     path = Path(path)
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -114,4 +121,4 @@ def open_run_folder(path: str | Path, resume_from: Path | None = None, overwrite
     except BaseException:
         lock.release()
         raise
-    return RunFolder(path, lock)
+    return RunFolder(path, lock, created)

@@ -154,12 +154,12 @@ def test_a_configuration_that_cannot_fit_is_refused_before_allocating(tmp_path, 
     assert train(run, steps=4, ) == 0
     before = files(run)
     capsys.readouterr()
-    assert train(run, "--overwrite", "--batch-size", "100000000") == 2
+    assert train(run, "--overwrite", "--batch-size", "1000000") == 2
     err = capsys.readouterr().err
     assert "GiB" in err and "lower --batch-size" in err and "Traceback" not in err
     assert files(run) == before                        # the step-4 run is intact
     fresh = tmp_path / "fresh"
-    assert train(fresh, "--batch-size", "100000000") == 2
+    assert train(fresh, "--batch-size", "1000000") == 2
     assert not (fresh / "checkpoint.safetensors").exists()
 
 
@@ -181,15 +181,25 @@ def test_kill_9_then_resume_leaves_each_step_once(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "crystalline", "train", "--steps", "100000", "--workers", "1",
                              "--run-dir", str(run), "--ckpt-interval", "5", "--no-progress", "--sample", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
-    metrics = run / "metrics.jsonl"
-    while proc.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 13):
+    metrics, ckpt = run / "metrics.jsonl", run / "checkpoint.safetensors"
+    while True:      # freeze the child at a moment when steps after its last checkpoint are logged
+        while proc.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 13):
+            try:
+                proc.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGSTOP)
+        ckpt_step = read_checkpoint(ckpt)[1]["step"] if ckpt.exists() else 0
+        if len(steps_in_metrics(run)) > ckpt_step:
+            break
+        proc.send_signal(signal.SIGCONT)
         try:
-            proc.wait(0.05)
+            proc.wait(0.05)         # let it run on to its next logged step
         except subprocess.TimeoutExpired:
             pass
     proc.kill()
     proc.wait()
-    ckpt_step = read_checkpoint(run / "checkpoint.safetensors")[1]["step"]
     assert len(steps_in_metrics(run)) > ckpt_step           # steps after the last checkpoint were logged
     assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress", "--sample", "0"]) == 0
     assert steps_in_metrics(run) == list(range(ckpt_step + 4))
