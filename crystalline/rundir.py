@@ -5,7 +5,8 @@
     folder.trim_metrics(step)           # --resume: keep exactly the checkpoint's steps
     folder.close()                      # release the lock; a folder this run made and left empty goes
 
-A folder "holds a run" when it has a checkpoint.safetensors, config.toml or metrics.jsonl.
+A folder "holds a run" when it has a checkpoint.safetensors or a non-empty metrics.jsonl (a
+start that completed no step leaves only config.toml, and the folder is used again).
 A new run is refused there (continue it with --resume, replace it with --overwrite); a resume
 may write only into the folder of its own checkpoint or into a folder that holds no run. The
 lock (crystalline.io.RunLock) makes a second process on the same folder fail at once, naming
@@ -31,6 +32,9 @@ RUN_FILES = (CHECKPOINT, CONFIG, METRICS)
 def resume_paths(resume: str | Path) -> tuple[Path, Path]:
     """(checkpoint, its run folder) for `--resume RUN_DIR` or `--resume CHECKPOINT`."""
     resume = Path(resume)
+    if not resume.exists():
+        raise RunFolderError(f"--resume {resume}: no such run folder or checkpoint file; pass a run folder "
+                             "written by crystalline train (e.g. runs/NAME) or its checkpoint.safetensors")
     if resume.is_dir():
         if not (resume / CHECKPOINT).is_file():
             raise RunFolderError(f"--resume {resume}: the folder has no {CHECKPOINT} to continue from; "
@@ -109,7 +113,7 @@ def open_run_folder(path: str | Path, resume_from: Path | None = None, overwrite
         raise _unusable(path, e) from None
     lock = RunLock(path).acquire()
     try:
-        held = [n for n in RUN_FILES if (path / n).exists()]
+        held = [n for n in (CHECKPOINT, METRICS) if (path / n).is_file() and (path / n).stat().st_size]
         resuming_here = resume_from is not None and _same(resume_from.parent, path)
         if resuming_here and overwrite:
             raise RunFolderError(f"--overwrite with --resume {resume_from} would delete the checkpoint "

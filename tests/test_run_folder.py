@@ -70,6 +70,21 @@ def test_resume_into_another_folder_that_holds_a_run_is_refused(tmp_path, capsys
     assert "holds another run" in capsys.readouterr().err and files(b) == before
 
 
+def test_a_folder_where_no_step_was_completed_is_used_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("[model]\n")            # what a start stopped before step 1 leaves
+    (run / "metrics.jsonl").write_text("")
+    assert train(run, steps=2) == 0 and steps_in_metrics(run) == [0, 1]
+
+
+def test_resume_of_nothing_is_a_clear_error_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "no" / "such"
+    assert main(["train", "--resume", str(missing), "--steps", "1", "--no-progress"]) == 2
+    assert "no such run folder or checkpoint file" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
 def test_overwrite_replaces_the_run(tmp_path):
     run = tmp_path / "run"
     assert train(run, steps=4) == 0
