@@ -1,6 +1,6 @@
 """`crystalline data ...`: look at corpora and prepare SQuAD.
 
-    crystalline data info data/tinyshakespeare.txt [--tokenizer byte|word]
+    crystalline data info data/tinyshakespeare.txt [--tokenizer byte|word|bpe|PATH.json] [--vocab-size N]
     crystalline data squad train-v2.0.json [-o squad.txt]
     crystalline data squad --download 2.0 [--split train|dev] [--dest data/]
 """
@@ -19,8 +19,11 @@ def add_parser(subparsers) -> None:
     info = actions.add_parser("info", help="bytes, tokens and vocabulary of a corpus",
                               description="Print the size of a corpus (file, folder or squad:PATH).")
     info.add_argument("path", metavar="PATH", help="text file, folder of text files, or squad:FILE.json")
-    info.add_argument("--tokenizer", default="byte", choices=["byte", "word"],
-                      help="tokenizer to count with (word: trained on this corpus); default byte")
+    info.add_argument("--tokenizer", default="byte", metavar="byte|word|bpe|PATH.json",
+                      help="tokenizer to count with (word, bpe: trained on this corpus; or a "
+                           "tokenizer JSON file); default byte")
+    info.add_argument("--vocab-size", type=int, default=None,
+                      help="vocabulary of the word (default 8192) or bpe (default 4096) tokenizer")
     info.add_argument("--cache-dir", default=None,
                       help="token cache folder (default $CRYSTALLINE_CACHE or ~/.cache/crystalline)")
     info.set_defaults(func=run_info)
@@ -43,16 +46,27 @@ def run_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from crystalline.data.corpus import corpus_info
-    info = corpus_info(args.path, tokenizer=args.tokenizer, cache_dir=args.cache_dir)
+    info = corpus_info(args.path, tokenizer=_tokenizer_spec(args.tokenizer),
+                       cache_dir=args.cache_dir, vocab_size=args.vocab_size)
     rows = [("source", info["source"])]
     if Path(args.path).is_dir():
         rows.append(("files", info["files"]))
     rows += [("bytes", info["bytes"]), ("tokens", info["tokens"]),
-             ("vocabulary size", info["vocab_size"]), ("tokenizer", info["tokenizer"])]
+             ("vocabulary size", info["vocab_size"]), ("tokenizer", info["tokenizer"]),
+             ("bytes per token", f"{info['bytes'] / info['tokens']:.3f}")]
     width = max(len(name) for name, _ in rows) + 2
     for name, value in rows:
         print(f"{name + ':':<{width}}{value}")
     return 0
+
+
+def _tokenizer_spec(spec: str) -> str:
+    """The --tokenizer value checked: a kind's name or an existing .json file."""
+    from crystalline.errors import DataError
+    if spec in ("byte", "word", "bpe") or spec.endswith(".json"):
+        return spec
+    raise DataError(f"--tokenizer {spec!r} is not a tokenizer: use byte, word, bpe or the path "
+                    "of a tokenizer .json file")
 
 
 def run_squad(args: argparse.Namespace) -> int:

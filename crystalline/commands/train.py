@@ -3,9 +3,11 @@
     crystalline train --preset tiny --steps 200 --workers 2
     crystalline train --data squad:train-v1.1.json --config run.toml --run-dir runs/squad
     crystalline train --resume runs/squad/checkpoint.safetensors --steps 500
+    crystalline train --tokenizer bpe --vocab-size 4096 --preset small
+    crystalline train --init-from gpt2-folder/ --data notes/ --lr 1e-4      # fine-tune GPT-2
 
-The run folder holds config.toml, metrics.jsonl (one JSON object per step) and
-checkpoint.safetensors (written every --ckpt-interval steps and at the end). Ctrl-C closes the
+The run folder holds config.toml, metrics.jsonl (one JSON object per step), TensorBoard event
+files (with the `tensorboard` extra) and checkpoint.safetensors (written every --ckpt-interval steps and at the end). Ctrl-C closes the
 progress bar, writes a final consistent checkpoint and exits with code 130.
 """
 
@@ -26,7 +28,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", default="tiny", help="tiny | small | cllm-4.5m (default: tiny)")
     p.add_argument("--config", type=Path, help="a TOML file with [model] and [train] tables")
     p.add_argument("--data", help="text file, folder or squad:PATH (default: bundled Tiny Shakespeare)")
-    p.add_argument("--tokenizer", choices=["byte", "word"], default="byte")
+    p.add_argument("--tokenizer", metavar="byte|word|bpe|PATH.json",
+                   help="byte (default), word or bpe (trained on the corpus), or a tokenizer JSON "
+                        "file (crystalline's or a Hugging Face tokenizer.json)")
+    p.add_argument("--vocab-size", type=int,
+                   help="vocabulary of the word (default 8192) or bpe (default 4096) tokenizer")
+    p.add_argument("--init-from", type=Path, metavar="DIR",
+                   help="start from a local GPT-2-architecture folder (config.json, "
+                        "model.safetensors, tokenizer files), e.g. to fine-tune GPT-2")
     p.add_argument("--steps", type=int, help="steps to run (default: the config's max_steps)")
     p.add_argument("--workers", type=int, help="worker spheres (default: this machine's cores)")
     p.add_argument("--sync", choices=["lock_free", "model_lock"], default="lock_free")
@@ -57,7 +66,7 @@ def _configs(args):
 
 
 def _make_trainer(args):
-    from crystalline.data.corpus import bundled_corpus
+    from crystalline.data.corpus import bundled_corpus, load_corpus
     from crystalline.engine.trainer import Trainer
     if args.distributed:
         from crystalline.distributed import DistributedTrainer as Trainer
@@ -65,8 +74,21 @@ def _make_trainer(args):
         return Trainer.load(args.resume, corpus=args.data, workers=args.workers, sync=args.sync)
     model_cfg, train_cfg = _configs(args)
     data = args.data or str(bundled_corpus())
-    return Trainer(model_cfg, train_cfg, data, workers=args.workers, sync=args.sync,
-                   tokenizer=args.tokenizer)
+    if args.init_from:
+        from crystalline.export import trainer_from_hf
+        return trainer_from_hf(Trainer, args.init_from, train_cfg, data, _tokenizer_spec(args.tokenizer),
+                               args.vocab_size, workers=args.workers, sync=args.sync)
+    corpus = load_corpus(data, _tokenizer_spec(args.tokenizer), vocab_size=args.vocab_size)
+    return Trainer(model_cfg, train_cfg, corpus, workers=args.workers, sync=args.sync)
+
+
+def _tokenizer_spec(spec):
+    """The --tokenizer value checked: None (byte), a kind's name or a .json file."""
+    from crystalline.errors import ConfigError
+    if spec is None or spec in ("byte", "word", "bpe") or spec.endswith(".json"):
+        return spec
+    raise ConfigError(f"--tokenizer {spec!r} is not a tokenizer: use byte, word, bpe or the path "
+                      "of a tokenizer .json file")
 
 
 def run(args) -> int:
@@ -85,6 +107,9 @@ def _run(args) -> int:
         raise ConfigError(f"--steps {args.steps} is invalid: use a positive number of steps")
     if args.ckpt_interval <= 0:
         raise ConfigError(f"--ckpt-interval {args.ckpt_interval} is invalid: use a positive number")
+    if args.init_from and args.resume:
+        raise ConfigError("--init-from starts a new run from a model folder and --resume continues "
+                          "a run: give one of them")
     trainer = _make_trainer(args)
     root = getattr(trainer, "is_root", True)   # under MPI only rank 0 prints and writes files
     steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
@@ -97,14 +122,18 @@ def _run(args) -> int:
         print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
               f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
     interrupted = False
+    from crystalline.tensorboard import TensorBoardLog
+    tensorboard = TensorBoardLog(run_dir) if root else None
     with open(run_dir / "metrics.jsonl" if root else os.devnull, "a", encoding="utf-8") as metrics:
         try:
-            _train(trainer, steps, args, metrics, ckpt)      # Ctrl-C: TrainingStopped
+            _train(trainer, steps, args, metrics, ckpt, tensorboard)      # Ctrl-C: TrainingStopped
         except (KeyboardInterrupt, TrainingStopped):
             interrupted = True
         finally:
             trainer.close()
             trainer.save(ckpt)
+            if tensorboard is not None:
+                tensorboard.close()
     last = trainer.history[-1] if len(trainer.history) else {}
     state = "interrupted" if interrupted else "done"
     if root:
@@ -115,10 +144,12 @@ def _run(args) -> int:
     return EXIT_INTERRUPTED if interrupted else 0
 
 
-def _train(trainer, steps, args, metrics, ckpt) -> None:
+def _train(trainer, steps, args, metrics, ckpt, tensorboard=None) -> None:
     def after_step(record):
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
+        if tensorboard is not None:
+            tensorboard.write(record)
         if trainer.steps_done % args.ckpt_interval == 0:
             trainer.save(ckpt)
 

@@ -9,7 +9,8 @@ tokenizer's canonical JSON, so a changed file or a different vocabulary gets a n
 Entries are `<key>.npy` files, written to a temporary file in the same folder, fsynced and
 renamed into place (os.replace), so a crash never leaves a half entry under a real key. An
 entry that does not load as a 1-D int32 array is treated as missing and written again.
-Word vocabularies trained on a corpus are cached the same way, as `<key>.tokenizer.json`.
+Word vocabularies and BPE merges trained on a corpus are cached the same way, as
+`<key>.tokenizer.json` (crystalline's tokenizer JSON: never a pickle).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _UMASK = os.umask(0o022)   # read once, at import (os.umask can only be read by 
 os.umask(_UMASK)
 CACHE_FORMAT = b"crystalline-tokens-v1\0"
 VOCAB_FORMAT = b"crystalline-word-vocab-v1\0"
+BPE_FORMAT = b"crystalline-bpe-v1\0"
 
 
 def default_cache_dir() -> Path:
@@ -135,5 +137,30 @@ def cached_word_tokenizer(data: bytes, cache_dir: str | Path | None = None,
         tokenizer.save(path)
     except OSError as e:
         warnings.warn(f"could not write the vocabulary cache {path} ({e}); continuing without it",
+                      stacklevel=2)
+    return tokenizer
+
+
+def cached_bpe_tokenizer(data: bytes, cache_dir: str | Path | None = None,
+                         vocab_size: int | None = None):
+    """`BPETokenizer.train` on `data` (decoded with errors="replace"), cached on disk."""
+    from crystalline.data.tokenizers import DEFAULT_BPE_VOCAB, BPETokenizer, load_tokenizer
+    from crystalline.errors import DataError
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+    h = hashlib.sha256(BPE_FORMAT)
+    h.update(hashlib.sha256(data).digest())
+    h.update(f"vocab_size={vocab_size}".encode())
+    path = cache_dir / f"{h.hexdigest()}.tokenizer.json"
+    if path.is_file():
+        try:
+            return load_tokenizer(path)
+        except DataError:
+            pass   # a damaged entry: train again and replace it
+    tokenizer = BPETokenizer.train(data.decode("utf-8", errors="replace"), vocab_size)
+    try:
+        tokenizer.save(path)
+    except OSError as e:
+        warnings.warn(f"could not write the BPE cache {path} ({e}); continuing without it",
                       stacklevel=2)
     return tokenizer
