@@ -184,8 +184,8 @@ def architecture_differences(config: dict) -> list[str]:
         diffs.append(f"activation {act!r} (crystalline's GELU is the tanh form, 'gelu_new')")
     if not config.get("tie_word_embeddings", True):
         diffs.append("an untied LM head (tie_word_embeddings is false)")
-    rotary = sorted(k for k in ("rotary_dim", "rope_theta", "rope_scaling", "rotary_pct",
-                                "rotary_emb_base") if config.get(k) is not None)
+    rotary = sorted(k for k in ("rotary_dim", "rope_theta", "rope_scaling", "rope_parameters",
+                                "rotary_pct", "rotary_emb_base") if config.get(k) is not None)
     if rotary or config.get("position_embedding_type", "absolute") != "absolute":
         diffs.append(f"rotary / relative positions ({', '.join(rotary) or config['position_embedding_type']}); "
                      "crystalline learns absolute position embeddings")
