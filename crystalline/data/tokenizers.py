@@ -225,14 +225,16 @@ class BPETokenizer(Tokenizer):
         """From a Hugging Face tokenizer.json text; DataError unless it is a BPE tokenizer."""
         from tokenizers import Tokenizer as HFTokenizer
         try:
-            model_type = json.loads(doc).get("model", {}).get("type")
-            hf = HFTokenizer.from_str(doc)
-        except Exception as e:   # noqa: BLE001 - the library raises plain Exceptions
-            raise DataError(f"{where} is not a Hugging Face tokenizer.json ({e})") from None
+            model_type = json.loads(doc)["model"]["type"]
+        except (ValueError, KeyError, TypeError):
+            model_type = None
         if model_type != "BPE":
-            raise DataError(f"{where} holds a {model_type} tokenizer; crystalline reads BPE "
-                            "tokenizers (train one with --tokenizer bpe)")
-        return cls(hf)
+            raise DataError(f"{where} holds a {model_type} tokenizer, not a Hugging Face BPE "
+                            "tokenizer.json; crystalline reads BPE tokenizers (or --tokenizer bpe)")
+        try:
+            return cls(HFTokenizer.from_str(doc))
+        except Exception as e:   # noqa: BLE001 - the library raises plain Exceptions
+            raise DataError(f"{where} is not a valid Hugging Face tokenizer.json ({e})") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "BPETokenizer":
@@ -249,7 +251,7 @@ class BPETokenizer(Tokenizer):
     def encode(self, text: str) -> np.ndarray:
         try:
             ids = self.hf.encode(text, add_special_tokens=False).ids
-        except UnicodeEncodeError:    # lone surrogates: encoded as U+FFFD, as decode would show them
+        except TypeError:             # lone surrogates, which have no UTF-8 form: U+FFFD each byte
             text = text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
             ids = self.hf.encode(text, add_special_tokens=False).ids
         return np.asarray(ids, dtype=np.int32).reshape(-1)   # (n,)
