@@ -96,3 +96,6 @@ def test_training_with_bpe_lowers_the_loss_and_the_checkpoint_samples(tmp_path, 
     from crystalline.checkpoint import load_model
     _, tokenizer, _ = load_model(run / "checkpoint.safetensors")
     assert tokenizer.name == "bpe" and tokenizer.vocab_size == 512
+    assert main(["train", "--resume", str(run / "checkpoint.safetensors"), "--vocab-size", "300"]) == 2
+    assert main(["train", "--tokenizer", "sentencepiece", "--steps", "1"]) == 2
+    assert "vocab-size cannot apply to --resume" in capsys.readouterr().err

@@ -46,7 +46,8 @@ def run_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from crystalline.data.corpus import corpus_info
-    info = corpus_info(args.path, tokenizer=_tokenizer_spec(args.tokenizer),
+    from crystalline.data.tokenizers import tokenizer_spec
+    info = corpus_info(args.path, tokenizer=tokenizer_spec(args.tokenizer),
                        cache_dir=args.cache_dir, vocab_size=args.vocab_size)
     rows = [("source", info["source"])]
     if Path(args.path).is_dir():
@@ -58,15 +59,6 @@ def run_info(args: argparse.Namespace) -> int:
     for name, value in rows:
         print(f"{name + ':':<{width}}{value}")
     return 0
-
-
-def _tokenizer_spec(spec: str) -> str:
-    """The --tokenizer value checked: a kind's name or an existing .json file."""
-    from crystalline.errors import DataError
-    if spec in ("byte", "word", "bpe") or spec.endswith(".json"):
-        return spec
-    raise DataError(f"--tokenizer {spec!r} is not a tokenizer: use byte, word, bpe or the path "
-                    "of a tokenizer .json file")
 
 
 def run_squad(args: argparse.Namespace) -> int:

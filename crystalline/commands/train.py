@@ -7,8 +7,9 @@
     crystalline train --init-from gpt2-folder/ --data notes/ --lr 1e-4      # fine-tune GPT-2
 
 The run folder holds config.toml, metrics.jsonl (one JSON object per step), TensorBoard event
-files (with the `tensorboard` extra) and checkpoint.safetensors (written every --ckpt-interval steps and at the end). Ctrl-C closes the
-progress bar, writes a final consistent checkpoint and exits with code 130.
+files (with the `tensorboard` extra) and checkpoint.safetensors (written every --ckpt-interval
+steps and at the end). Ctrl-C closes the progress bar, writes a final consistent checkpoint and
+exits with code 130.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def _configs(args):
 
 def _make_trainer(args):
     from crystalline.data.corpus import bundled_corpus, load_corpus
+    from crystalline.data.tokenizers import tokenizer_spec
     from crystalline.engine.trainer import Trainer
     if args.distributed:
         from crystalline.distributed import DistributedTrainer as Trainer
@@ -76,19 +78,11 @@ def _make_trainer(args):
     data = args.data or str(bundled_corpus())
     if args.init_from:
         from crystalline.export import trainer_from_hf
-        return trainer_from_hf(Trainer, args.init_from, train_cfg, data, _tokenizer_spec(args.tokenizer),
-                               args.vocab_size, workers=args.workers, sync=args.sync)
-    corpus = load_corpus(data, _tokenizer_spec(args.tokenizer), vocab_size=args.vocab_size)
+        return trainer_from_hf(Trainer, args.init_from, train_cfg, data,
+                               tokenizer_spec(args.tokenizer), args.vocab_size,
+                               workers=args.workers, sync=args.sync)
+    corpus = load_corpus(data, tokenizer_spec(args.tokenizer), vocab_size=args.vocab_size)
     return Trainer(model_cfg, train_cfg, corpus, workers=args.workers, sync=args.sync)
-
-
-def _tokenizer_spec(spec):
-    """The --tokenizer value checked: None (byte), a kind's name or a .json file."""
-    from crystalline.errors import ConfigError
-    if spec is None or spec in ("byte", "word", "bpe") or spec.endswith(".json"):
-        return spec
-    raise ConfigError(f"--tokenizer {spec!r} is not a tokenizer: use byte, word, bpe or the path "
-                      "of a tokenizer .json file")
 
 
 def run(args) -> int:
@@ -103,13 +97,14 @@ def _run(args) -> int:
     from crystalline.config import save_toml
     from crystalline.engine.trainer import TrainingStopped
     from crystalline.errors import ConfigError
+    from crystalline.tensorboard import TensorBoardLog
     if args.steps is not None and args.steps <= 0:
         raise ConfigError(f"--steps {args.steps} is invalid: use a positive number of steps")
     if args.ckpt_interval <= 0:
         raise ConfigError(f"--ckpt-interval {args.ckpt_interval} is invalid: use a positive number")
-    if args.init_from and args.resume:
-        raise ConfigError("--init-from starts a new run from a model folder and --resume continues "
-                          "a run: give one of them")
+    if args.resume and (args.init_from or args.vocab_size is not None):
+        raise ConfigError(f"--{'init-from' if args.init_from else 'vocab-size'} cannot apply to "
+                          "--resume, which continues a run with its own model and tokenizer")
     trainer = _make_trainer(args)
     root = getattr(trainer, "is_root", True)   # under MPI only rank 0 prints and writes files
     steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
@@ -122,7 +117,6 @@ def _run(args) -> int:
         print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
               f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
     interrupted = False
-    from crystalline.tensorboard import TensorBoardLog
     tensorboard = TensorBoardLog(run_dir) if root else None
     with open(run_dir / "metrics.jsonl" if root else os.devnull, "a", encoding="utf-8") as metrics:
         try:

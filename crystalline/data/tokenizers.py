@@ -329,6 +329,14 @@ def load_tokenizer(path_or_dict: str | Path | dict) -> Tokenizer:
     return WordTokenizer(doc["vocab"])
 
 
+def tokenizer_spec(spec: str | None) -> str | None:
+    """A --tokenizer value checked at the CLI: None (byte), "byte", "word", "bpe" or a .json path."""
+    if spec is None or spec in ("byte", "word", "bpe") or spec.endswith(".json"):
+        return spec
+    raise DataError(f"--tokenizer {spec!r} is not a tokenizer: use byte, word, bpe or the path "
+                    "of a tokenizer .json file")
+
+
 def make_tokenizer(spec, text_bytes: bytes | None = None) -> Tokenizer:
     """A tokenizer from None / a Tokenizer / "byte" / "word" or "bpe" (trained on `text_bytes`) /
     a JSON path (a crystalline tokenizer file or a Hugging Face tokenizer.json)."""
