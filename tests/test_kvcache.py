@@ -24,6 +24,8 @@ def model_with_noise(cfg=CFG, seed=0):
     for name, arr in model.param_views().items():     # non-trivial LayerNorm gains and biases
         if not name.endswith("w") or name.startswith("ln"):
             arr[...] += rng.normal(0, 0.1, arr.shape).astype(np.float32)
+    qkvw = model.param_views()["qkvw"]                 # attention scores of order 1, not ~0
+    qkvw[...] = rng.normal(0, 0.4, qkvw.shape).astype(np.float32)
     return model
 
 
