@@ -207,6 +207,21 @@ def test_a_model_trained_here_generates_the_same_greedy_text_in_transformers(tmp
     assert len(set(ours[len(prompt):])) > 1, ours     # a real continuation, not one repeated byte
 
 
+def test_export_command_writes_both_formats_and_names_bad_paths(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--workers", "1", "--run-dir", str(run), "--no-progress",
+                 "--sample", "0"]) == 0
+    ckpt = str(run / "checkpoint.safetensors")
+    assert main(["export", ckpt, "--format", "torch", "--out", str(tmp_path / "nano")]) == 0
+    from safetensors.numpy import load_file
+    names = set(load_file(tmp_path / "nano" / "model.safetensors"))
+    assert "lm_head.weight" in names and "transformer.h.1.mlp.c_proj.bias" in names
+    assert main(["export", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x")]) == 2
+    (tmp_path / "file").write_text("")
+    assert main(["export", ckpt, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
 def test_a_gpt2_folder_fine_tunes_here(tmp_path):
     """--init-from a GPT-2-shape folder: training starts from its parameters and lowers the loss."""
     torch.manual_seed(0)
