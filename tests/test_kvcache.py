@@ -99,7 +99,7 @@ def test_sample_rows_draws_from_the_tempered_top_k_softmax():
     ({"top_k": 0}, "top_k"), ({"top_k": 62}, "top_k"), ({"top_k": 2.5}, "top_k"),
     ({"top_k": True}, "top_k"),
     ({"max_new_tokens": 0}, "tokens"), ({"max_new_tokens": 3_000_000_000}, "tokens"),
-    ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"),
+    ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": 2**63}, "seed"),
 ])
 def test_one_rule_checks_every_sampling_argument(kw, named):
     args = {"max_new_tokens": 5, "temperature": 1.0, "top_k": None, "seed": 0, **kw}
@@ -110,6 +110,12 @@ def test_one_rule_checks_every_sampling_argument(kw, named):
     with pytest.raises(ConfigError, match=named):       # generate goes through the same rule
         model.generate(np.zeros((1, 2), np.int32), args["max_new_tokens"],
                        temperature=args["temperature"], top_k=args["top_k"], seed=args["seed"])
+
+
+def test_without_a_vocabulary_only_top_ks_upper_bound_is_skipped():
+    check_sampling(None, 5, 0.8, 10**6, 0)
+    with pytest.raises(ConfigError, match="top_k"):
+        check_sampling(None, 5, 0.8, 0, 0)
 
 
 def test_the_cli_refuses_an_infinite_temperature(tmp_path, capsys):

@@ -26,8 +26,9 @@ from crystalline.model.kernels.sampling import sample_rows
 MAX_NEW_TOKENS = 1_000_000     # a sane bound on one call (the output is B x (T0 + n) int32)
 
 
-def check_sampling(vocab_size: int, max_new_tokens, temperature, top_k, seed) -> None:
-    """ConfigError naming the argument and the fix, unless every sampling argument is valid."""
+def check_sampling(vocab_size: int | None, max_new_tokens, temperature, top_k, seed) -> None:
+    """ConfigError naming the argument and the fix, unless every sampling argument is valid.
+    vocab_size None (a CLI check before the checkpoint is read) skips top_k's upper bound."""
     def integer(x):
         return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
@@ -38,11 +39,12 @@ def check_sampling(vocab_size: int, max_new_tokens, temperature, top_k, seed) ->
             or not math.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"temperature = {temperature!r} is invalid: use a positive finite "
                           "temperature (e.g. 0.8); for greedy decoding use top_k = 1")
-    if top_k is not None and (not integer(top_k) or not 1 <= top_k <= vocab_size):
-        raise ConfigError(f"top_k = {top_k!r} is invalid: use 1 to {vocab_size} (the vocabulary "
-                          "size; 1 is greedy) or leave it unset")
-    if not integer(seed) or seed < 0:
-        raise ConfigError(f"seed = {seed!r} is invalid: use a non-negative integer")
+    top = vocab_size if vocab_size is not None else math.inf
+    if top_k is not None and (not integer(top_k) or not 1 <= top_k <= top):
+        raise ConfigError(f"top_k = {top_k!r} is invalid: use 1 to {vocab_size or 'the vocabulary size'}"
+                          " (1 is greedy) or leave it unset")
+    if not integer(seed) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed = {seed!r} is invalid: use an integer from 0 to 2**63 - 1")
 
 
 def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k=None,
