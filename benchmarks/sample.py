@@ -70,10 +70,9 @@ def main() -> None:
 
     runners = {"crystalline, KV cache": ours(True), "crystalline, no cache": ours(False),
                "transformers generate": theirs}
-    print(f"model {args.model}: {sum(np.prod(s) for s in [cfg.vocab_size * cfg.n_embd]) / 1e6:.1f}M "
-          f"embedding + {12 * cfg.n_layer * cfg.n_embd ** 2 / 1e6:.1f}M block parameters; prompt "
-          f"{args.prompt}, {args.tokens} new tokens, greedy, {args.threads} thread(s); torch "
-          f"{torch.__version__}, transformers {transformers.__version__}")
+    print(f"model {args.model}: {model.num_parameters / 1e6:.1f}M parameters; prompt {args.prompt}, "
+          f"{args.tokens} new tokens, greedy, {args.threads} thread(s); torch {torch.__version__}, "
+          f"transformers {transformers.__version__}")
     with threadpool_limits(limits=args.threads, user_api="blas"):
         outputs = {name: run() for name, run in runners.items()}      # warm up (compile) once
         rates = {name: [] for name in runners}
@@ -82,7 +81,8 @@ def main() -> None:
                 start = time.perf_counter()
                 run()
                 rates[name].append(args.tokens / (time.perf_counter() - start))
-    same = {name: bool(np.array_equal(out, outputs["crystalline, KV cache"])) for name, out in outputs.items()}
+    first = outputs["crystalline, KV cache"]
+    same = {name: bool(np.array_equal(out, first)) for name, out in outputs.items()}
     cached = rates["crystalline, KV cache"]
     print(f"{'':24} {'tokens/s':>10} {'KV cache vs this':>17}  same tokens")
     for name, r in rates.items():
