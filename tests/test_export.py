@@ -98,6 +98,14 @@ def test_import_of_a_random_gpt2_gives_the_same_logits(tmp_path):
     with torch.no_grad():
         theirs = hf(torch.tensor(x)).logits.numpy()
     assert rel_err(model.logits, theirs) < 1e-4
+    # the original GPT-2 files: no "transformer." prefix, attention-mask buffers, float16
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(tmp_path / "model.safetensors")
+    old_style = {k.removeprefix("transformer."): v.astype(np.float16) for k, v in tensors.items()}
+    old_style.update({f"h.{l}.attn.bias": np.tril(np.ones((1, 1, 24, 24), np.float16)) for l in range(2)})
+    save_file(old_style, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model16, _ = from_hf(tmp_path)
+    np.testing.assert_array_equal(model16.params, model.params.astype(np.float16).astype(np.float32))
 
 
 @pytest.mark.parametrize("change, named", [
