@@ -15,6 +15,8 @@ _LAZY = {
     "GPT": "crystalline.model.gpt",
     "Hierarchy": "crystalline.engine.hierarchy",
     "Trainer": "crystalline.engine.trainer",
+    "compare_runs": "crystalline.compare",
+    "plot_runs": "crystalline.compare",
 }
 
 __all__ = sorted(_LAZY)

@@ -44,7 +44,7 @@ def test_info_folder_and_word_tokenizer(tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     info = fields(capsys.readouterr().out)
     assert info == {"source": str(tmp_path / "corpus"), "files": "2", "bytes": "20", "tokens": "5",
-                    "vocabulary size": "9", "tokenizer": "word"}
+                    "vocabulary size": "9", "tokenizer": "word", "bytes per token": "4.000"}
 
 
 def test_info_errors_are_one_line_exit_2(tmp_path, capsys):

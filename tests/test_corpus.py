@@ -72,7 +72,7 @@ def test_missing_and_empty_corpora(tmp_path):
     with pytest.raises(DataError, match="is empty"):                 # no words for a word tokenizer
         load_corpus(tmp_path / "blank.txt", tokenizer="word", cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match="unknown tokenizer"):
-        load_corpus(tmp_path / "blank.txt", tokenizer="bpe", cache_dir=tmp_path / "cache")
+        load_corpus(tmp_path / "blank.txt", tokenizer="sentencepiece", cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match="squad"):
         load_corpus("squad:" + str(tmp_path / "missing.json"), cache_dir=tmp_path / "cache")
 

@@ -23,19 +23,10 @@ def add_parser(subparsers) -> None:
 
 def check_args(args) -> None:
     """Refuse values that cannot be represented or generated, before the checkpoint is read."""
-    import math
-
-    from crystalline.config import MAX_SAMPLE_TOKENS
-    from crystalline.errors import ConfigError
-    if not 1 <= args.tokens <= MAX_SAMPLE_TOKENS:
-        raise ConfigError(f"--tokens {args.tokens} is invalid: use 1 to {MAX_SAMPLE_TOKENS:,}")
-    if not 0 <= args.seed < 2**63:
-        raise ConfigError(f"--seed {args.seed} is invalid: use an integer from 0 to 2**63 - 1")
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise ConfigError(f"--temperature {args.temperature} is invalid: use a finite positive "
-                          "temperature (e.g. 0.8; lower is more conservative)")
-    if args.top_k is not None and args.top_k < 1:
-        raise ConfigError(f"--top-k {args.top_k} is invalid: use a positive integer or leave it out")
+    from crystalline.model.sample import check_sampling
+    check_sampling(None, args.tokens, args.temperature, args.top_k, args.seed,
+                   names={"max_new_tokens": "--tokens", "temperature": "--temperature",
+                          "top_k": "--top-k", "seed": "--seed"})
 
 
 def run(args) -> int:

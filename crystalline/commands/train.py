@@ -3,15 +3,17 @@
     crystalline train --preset tiny --steps 200 --workers 2
     crystalline train --data squad:train-v1.1.json --config run.toml --run-dir runs/squad
     crystalline train --resume runs/squad --steps 500     # or --resume runs/squad/checkpoint.safetensors
+    crystalline train --tokenizer bpe --vocab-size 4096 --preset small
+    crystalline train --init-from gpt2-folder/ --data notes/ --lr 1e-4      # fine-tune GPT-2
 
 --steps N on a new run also sets the learning-rate schedule's length (max_steps = N) unless
 --max-steps says otherwise. --resume continues the same run: flags that would change it
 (--preset, --config, --tokenizer, --batch-size, --seed, --lr, --max-steps, another corpus) are
 refused; see crystalline.resume.
 
-The run folder holds config.toml, metrics.jsonl (one JSON object per step) and
-checkpoint.safetensors (written every --ckpt-interval steps and at the end). It belongs to one
-run: a folder that holds a run is refused (--resume continues it, --overwrite replaces it), and
+The run folder holds config.toml, metrics.jsonl (one JSON object per step), TensorBoard
+event files (with the `tensorboard` extra) and checkpoint.safetensors (written every
+--ckpt-interval steps and at the end). It belongs to one run: a folder that holds a run is refused (--resume continues it, --overwrite replaces it), and
 it is locked while training. Ctrl-C or SIGTERM closes the progress bar, writes a final
 consistent checkpoint and exits with code 130 or 143.
 """
@@ -31,7 +33,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--preset", help="tiny | small | cllm-4.5m (default: tiny)")
     p.add_argument("--config", type=Path, help="a TOML file with [model] and [train] tables")
     p.add_argument("--data", help="text file, folder or squad:PATH (default: bundled Tiny Shakespeare)")
-    p.add_argument("--tokenizer", choices=["byte", "word"], help="default: byte")
+    p.add_argument("--tokenizer", metavar="byte|word|bpe|PATH.json",
+                   help="byte (default), word or bpe (trained on the corpus), or a tokenizer JSON "
+                        "file (crystalline's or a Hugging Face tokenizer.json)")
+    p.add_argument("--vocab-size", type=int,
+                   help="vocabulary of the word (default 8192) or bpe (default 4096) tokenizer")
+    p.add_argument("--init-from", type=Path, metavar="DIR",
+                   help="start from a local GPT-2-architecture folder (config.json, "
+                        "model.safetensors, tokenizer files), e.g. to fine-tune GPT-2")
     p.add_argument("--steps", type=int, help="steps to run (default: the config's max_steps); on a "
                    "new run also the schedule's length")
     p.add_argument("--max-steps", type=int, help="length of the learning-rate schedule, if not --steps")
@@ -68,7 +77,8 @@ def _configs(args):
 
 
 def _make_trainer(args):
-    from crystalline.data.corpus import bundled_corpus
+    from crystalline.data.corpus import bundled_corpus, load_corpus
+    from crystalline.data.tokenizers import tokenizer_spec
     from crystalline.engine.trainer import Trainer
     from crystalline.rundir import resume_paths
     if args.distributed:
@@ -78,8 +88,13 @@ def _make_trainer(args):
         return resume_trainer(Trainer, resume_paths(args.resume)[0], args)
     model_cfg, train_cfg = _configs(args)
     data = args.data if args.data is not None else str(bundled_corpus())
-    return Trainer(model_cfg, train_cfg, data, workers=args.workers, sync=args.sync,
-                   tokenizer=args.tokenizer or "byte")
+    if args.init_from:
+        from crystalline.export import trainer_from_hf
+        return trainer_from_hf(Trainer, args.init_from, train_cfg, data,
+                               tokenizer_spec(args.tokenizer), args.vocab_size,
+                               workers=args.workers, sync=args.sync)
+    corpus = load_corpus(data, tokenizer_spec(args.tokenizer), vocab_size=args.vocab_size)
+    return Trainer(model_cfg, train_cfg, corpus, workers=args.workers, sync=args.sync)
 
 
 def run(args) -> int:
@@ -101,11 +116,15 @@ def _run(args) -> int:
     from crystalline.errors import ConfigError
     from crystalline.resume import steps_to_run
     from crystalline.rundir import open_run_folder, resume_paths
+    from crystalline.tensorboard import TensorBoardLog
     for flag, value, low, high in (("--steps", args.steps, 1, MAX_STEPS),
                                    ("--ckpt-interval", args.ckpt_interval, 1, MAX_STEPS),
                                    ("--sample", args.sample, 0, MAX_SAMPLE_TOKENS)):
         if value is not None and not low <= value <= high:
             raise ConfigError(f"{flag} {value} is invalid: use {low} to {high:,}")
+    if args.resume and (args.init_from or args.vocab_size is not None):
+        raise ConfigError(f"--{'init-from' if args.init_from else 'vocab-size'} cannot apply to "
+                          "--resume, which continues a run with its own model and tokenizer")
     if args.data_changed_ok and not args.resume:
         raise ConfigError("--data-changed-ok only applies with --resume; drop it for a new run")
     resume = resume_paths(args.resume) if args.resume else None
@@ -129,9 +148,10 @@ def _run(args) -> int:
             print(_schedule(trainer.train_cfg))
         interrupted, val_loss = False, None
         saved = [trainer.steps_done]          # a checkpoint is written only for steps it lacks
+        tensorboard = TensorBoardLog(run_dir) if root else None
         with open(folder.metrics if root else os.devnull, "a", encoding="utf-8") as metrics:
             try:
-                _train(trainer, steps, args, metrics, ckpt, saved)   # Ctrl-C / SIGTERM: TrainingStopped
+                _train(trainer, steps, args, metrics, ckpt, saved, tensorboard)   # Ctrl-C / SIGTERM: TrainingStopped
                 val_loss = _final_val_loss(trainer)
             except TrainingStopped:
                 interrupted = True
@@ -140,6 +160,8 @@ def _run(args) -> int:
                 if trainer.steps_done != saved[0]:
                     trainer.save(ckpt)
                     saved[0] = trainer.steps_done
+                if tensorboard is not None:
+                    tensorboard.close()
         signals.watch(None)                   # everything is written: a signal now ends at once
     finally:
         if folder is not None:
@@ -161,10 +183,12 @@ def _mpi_rank() -> int:
     return _mpi().COMM_WORLD.rank
 
 
-def _train(trainer, steps, args, metrics, ckpt, saved) -> None:
+def _train(trainer, steps, args, metrics, ckpt, saved, tensorboard=None) -> None:
     def after_step(record):
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
+        if tensorboard is not None:
+            tensorboard.write(record)
         if trainer.steps_done % args.ckpt_interval == 0:
             trainer.save(ckpt)
             saved[0] = trainer.steps_done

@@ -12,6 +12,8 @@ holds the tokenizer and the sha256 of its canonical JSON. Entries are written at
 (crystalline.io). On open an entry is checked whole (header, length, checksum, token range);
 a damaged one (bad header, flipped byte, truncated file) is rebuilt with a warning. Tokens are
 read into memory, so a cache file changed under a running trainer cannot crash it.
+Word vocabularies and BPE merges trained on a corpus are cached as `<key>.tokenizer.json`
+(crystalline's tokenizer JSON: never a pickle).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ CACHE_FORMAT = b"crystalline-tokens-v2\0"
 VOCAB_FORMAT = b"crystalline-word-vocab-v1\0"
 HEADER_BYTES = 256
 ENTRY_FORMAT = "crystalline-tokens-v2"
+BPE_FORMAT = b"crystalline-bpe-v1\0"
 
 
 def default_cache_dir() -> Path:
@@ -139,5 +142,30 @@ def cached_word_tokenizer(data: bytes, cache_dir: str | Path | None = None,
                                  "tokenizer": tokenizer.to_dict()}, ensure_ascii=False)
     except OSError as e:
         warnings.warn(f"could not write the vocabulary cache {path} ({e}); continuing without it",
+                      stacklevel=2)
+    return tokenizer
+
+
+def cached_bpe_tokenizer(data: bytes, cache_dir: str | Path | None = None,
+                         vocab_size: int | None = None):
+    """`BPETokenizer.train` on `data` (decoded with errors="replace"), cached on disk."""
+    from crystalline.data.tokenizers import DEFAULT_BPE_VOCAB, BPETokenizer, load_tokenizer
+    from crystalline.errors import DataError
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+    h = hashlib.sha256(BPE_FORMAT)
+    h.update(hashlib.sha256(data).digest())
+    h.update(f"vocab_size={vocab_size}".encode())
+    path = cache_dir / f"{h.hexdigest()}.tokenizer.json"
+    if path.is_file():
+        try:
+            return load_tokenizer(path)
+        except DataError:
+            pass   # a damaged entry: train again and replace it
+    tokenizer = BPETokenizer.train(data.decode("utf-8", errors="replace"), vocab_size)
+    try:
+        tokenizer.save(path)
+    except OSError as e:
+        warnings.warn(f"could not write the BPE cache {path} ({e}); continuing without it",
                       stacklevel=2)
     return tokenizer

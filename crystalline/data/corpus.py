@@ -34,6 +34,7 @@ import numpy as np
 from crystalline.data.tokenizers import Tokenizer, make_tokenizer
 from crystalline.errors import DataError
 
+BPE_TRAIN_FRACTION = 0.9    # the trainer holds out the last 10% of tokens for validation
 SNIFF_BYTES = 8192          # how much of a file the binary check reads
 MIN_PRINTABLE = 0.95        # the printable share that makes a non-UTF-8 file text
 _PRINTABLE = np.zeros(256, dtype=bool)
@@ -167,19 +168,26 @@ class Corpus:
         return self.tokens[:n_train], self.tokens[n_train:]
 
 
-def load_corpus(source, tokenizer=None, cache_dir=None) -> Corpus:
+def load_corpus(source, tokenizer=None, cache_dir=None, vocab_size: int | None = None) -> Corpus:
     """Read and encode a corpus (see the module docstring for what `source` may be).
 
     tokenizer: None or "byte" (the default, ByteTokenizer), "word" (a WordTokenizer trained on
-    this corpus), a tokenizer JSON path, or a Tokenizer. cache_dir: where encoded tokens are
-    cached (default `$CRYSTALLINE_CACHE` or ~/.cache/crystalline).
+    this corpus), "bpe" (a byte-level BPE trained on the head BPE_TRAIN_FRACTION of its bytes,
+    the part the trainer does not hold out for validation), a tokenizer JSON path (crystalline's
+    or a Hugging Face tokenizer.json), or a Tokenizer. vocab_size: the word or BPE vocabulary
+    (default 8192 / 4096); an error for the other kinds. cache_dir: where encoded tokens and
+    trained tokenizers are cached (default `$CRYSTALLINE_CACHE` or ~/.cache/crystalline).
     """
-    from crystalline.data.cache import cached_encode
+    from crystalline.data.cache import cached_bpe_tokenizer, cached_encode, cached_word_tokenizer
     source = str(source)
+    if vocab_size is not None and tokenizer not in ("word", "bpe"):
+        raise DataError(f"a vocabulary size applies to the word and bpe tokenizers, not to "
+                        f"{tokenizer or 'byte'!r}; leave it out or choose one of them")
     data, num_files = _read_source(source)
     if tokenizer == "word":
-        from crystalline.data.cache import cached_word_tokenizer
-        tok = cached_word_tokenizer(data, cache_dir)
+        tok = cached_word_tokenizer(data, cache_dir, max_vocab=vocab_size)
+    elif tokenizer == "bpe":
+        tok = cached_bpe_tokenizer(data[:int(len(data) * BPE_TRAIN_FRACTION)], cache_dir, vocab_size)
     else:
         tok = make_tokenizer(tokenizer, data)
     tokens = cached_encode(data, tok, cache_dir) if data else np.zeros(0, np.int32)
@@ -190,9 +198,9 @@ def load_corpus(source, tokenizer=None, cache_dir=None) -> Corpus:
                   sha256=hashlib.sha256(data).hexdigest())
 
 
-def corpus_info(source, tokenizer="byte", cache_dir=None) -> dict:
+def corpus_info(source, tokenizer="byte", cache_dir=None, vocab_size=None) -> dict:
     """Figures of a corpus: source, files, bytes, tokens, vocab_size, tokenizer (its name)."""
-    corpus = load_corpus(source, tokenizer=tokenizer, cache_dir=cache_dir)
+    corpus = load_corpus(source, tokenizer=tokenizer, cache_dir=cache_dir, vocab_size=vocab_size)
     return {"source": corpus.source, "files": corpus.num_files, "bytes": corpus.num_bytes,
             "tokens": int(len(corpus.tokens)), "vocab_size": corpus.tokenizer.vocab_size,
             "tokenizer": corpus.tokenizer.name}
