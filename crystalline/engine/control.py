@@ -52,14 +52,23 @@ def write_request(run_dir, action: str, **kw) -> int:
     if action == "resize" and "workers" not in kw:
         raise RunError("resize needs workers=N (the new number of worker spheres)")
     path = Path(run_dir) / CONTROL_FILE
-    try:
-        previous = read_json(path) or {}
-    except RunError:
-        previous = {}                       # a damaged file is replaced by this request
-    seq = int(previous.get("seq", 0)) + 1 if isinstance(previous.get("seq"), int) else 1
-    request = {"seq": seq, "action": action, **kw, "time": time.time()}
+    request = {"seq": last_seq(run_dir) + 1, "action": action, **kw, "time": time.time()}
     atomic_write_bytes(path, (json.dumps(request) + "\n").encode("utf-8"))
-    return seq
+    return request["seq"]
+
+
+def last_seq(run_dir) -> int:
+    """The highest sequence number in control.json and control-reply.json (0 if none): a damaged
+    control file does not reset the count, so the trainer never mistakes a new request for old."""
+    seqs = [0]
+    for name in (CONTROL_FILE, REPLY_FILE):
+        try:
+            seq = (read_json(Path(run_dir) / name) or {}).get("seq")
+        except RunError:
+            continue
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            seqs.append(seq)
+    return max(seqs)
 
 
 class ControlReader:
@@ -69,11 +78,7 @@ class ControlReader:
         self.path = Path(run_dir) / CONTROL_FILE
         self.reply_path = Path(run_dir) / REPLY_FILE
         self._stamp = self._stat()
-        try:
-            current = read_json(self.path) or {}
-        except RunError:
-            current = {}
-        self.seq = current.get("seq", 0) if isinstance(current.get("seq"), int) else 0
+        self.seq = last_seq(run_dir)         # requests written before the trainer started are old
 
     def _stat(self):
         try:
@@ -91,14 +96,14 @@ class ControlReader:
         try:
             request = read_json(self.path)
         except RunError as e:
-            self.reply({"seq": None, "action": None}, error=str(e))
+            self.reply({"seq": self.seq, "action": None}, error=str(e))   # keeps the count
             return None
         if request is None:
             return None
         seq = request.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool):
-            self.reply(request, error=f"{self.path}: seq {seq!r} is not an integer; write requests "
-                                      "with Run.request(...)")
+            self.reply({"seq": self.seq, "action": request.get("action")},
+                       error=f"{self.path}: seq {seq!r} is not an integer; write requests with Run.request(...)")
             return None
         if seq <= self.seq:
             return None

@@ -126,8 +126,11 @@ class Telemetry:
     # ------------------------------------------------------------------ writing
     @classmethod
     def create(cls, hierarchy, fields, phases, path=None, rank: int = 0, ranks: int = 1,
-               generation: int = 0, capacity: int = RING_INTERVALS) -> Telemetry:
-        """A zeroed buffer for `hierarchy`: in memory (path None) or a file made atomically at `path`."""
+               generation: int = 0, capacity: int | None = None) -> Telemetry:
+        """A zeroed buffer for `hierarchy`: in memory (path None) or a file made atomically at `path`.
+
+        capacity: phase intervals kept per sphere (default RING_INTERVALS)."""
+        capacity = RING_INTERVALS if capacity is None else capacity
         pid = os.getpid()
         meta = {"fields": list(fields), "phases": list(phases), "states": list(STATES),
                 "capacity": capacity, "spheres": sphere_table(hierarchy, rank), "rank": rank,
