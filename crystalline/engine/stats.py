@@ -55,24 +55,29 @@ class PhaseClock:
     """One sphere's phase recorder, used only by that sphere's thread.
 
     enter(phase) closes the open interval (labelled with `step`, the step it belongs to) into
-    the sphere's ring and opens the next: a clock read and a few array stores, no lock.
+    the sphere's ring and opens the next: a clock read and eight array stores, no lock.
     """
 
-    __slots__ = ("row", "ring", "cursor", "index", "count", "step")
+    __slots__ = ("row", "starts", "ends", "steps", "phases", "cursor", "index", "capacity",
+                 "count", "step", "phase", "since")
 
     def __init__(self, telemetry: Telemetry, index: int, step: int):
-        self.row, self.ring = telemetry.values[index], telemetry.ring[index]
-        self.cursor, self.index = telemetry.cursor, index
+        ring = telemetry.ring[index]
+        self.starts, self.ends, self.steps, self.phases = (ring[k] for k in ("start", "end", "step", "phase"))
+        self.row, self.cursor, self.index, self.capacity = telemetry.values[index], telemetry.cursor, index, len(ring)
         self.count, self.step = int(telemetry.cursor[index]), step
+        self.phase, self.since = int(self.row[_PHASE]), float(self.row[_SINCE])
 
     def enter(self, phase: str) -> None:
         now = time.time()
-        row, k = self.row, self.count
-        self.ring[k % len(self.ring)] = (row[_SINCE], now, self.step, row[_PHASE])
+        k = self.count
+        slot = k % self.capacity
+        self.starts[slot], self.ends[slot] = self.since, now
+        self.steps[slot], self.phases[slot] = self.step, self.phase
         self.count = k + 1
         self.cursor[self.index] = k + 1          # after the entry: readers trust entries below it
-        row[_PHASE] = PHASE_INDEX[phase]
-        row[_SINCE] = now
+        self.phase, self.since = PHASE_INDEX[phase], now
+        self.row[_PHASE], self.row[_SINCE] = self.phase, now
 
 
 class SphereStats:

@@ -91,6 +91,7 @@ class Telemetry:
     """Views of one telemetry buffer: counters, metadata, values [n, F], cursor [n], ring [n, cap]."""
 
     def __init__(self, buf: np.ndarray, path: Path | None = None):
+        buf = buf.view(np.ndarray)         # plain views (np.memmap indexing runs Python code)
         self.buf, self.path, self.inode = buf, path, None
         where = str(path) if path is not None else "telemetry buffer"
         size = len(buf)
