@@ -137,14 +137,16 @@ class Run:
 
     def snapshot(self) -> dict:
         """Trainer.stats.snapshot() keys (arrays concatenated over ranks, rank 0 first) plus
-        "rank" (the rank of each row); "step" is the fewest steps any rank has completed."""
+        "rank" (the rank of each row); "step" is the fewest steps any rank has completed and
+        "generation" the sum of the ranks' generations (it changes when any rank resizes)."""
         parts = []
         for rank in self._require_telemetry():
             snap = self._read(rank, Telemetry.snapshot)
             snap["rank"] = np.full(len(snap["sphere_id"]), rank, dtype=np.int64)
             parts.append(snap)
-        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "step"}
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in ("step", "generation")}
         merged["step"] = min(p["step"] for p in parts)
+        merged["generation"] = sum(p["generation"] for p in parts)
         return merged
 
     def timeline(self, last: int = 50) -> dict[str, np.ndarray]:

@@ -143,6 +143,7 @@ def test_a_resize_writes_a_new_generation_that_readers_follow(tmp_path, shakespe
         assert [s.parent.id for s in h.spheres[1:]] == [s.parent.id for s in tr.hierarchy.spheres[1:]]
         snap = run.snapshot()
         assert len(snap["role"]) == 27 and snap["step"] == 2     # the step count carries over
+        assert snap["generation"] == tr.stats.snapshot()["generation"] == 1
         tr.run(1, progress=False)
         assert run.snapshot()["step"] == 3
         assert set(run.timeline(last=1)["sphere"].tolist()) == set(range(27))

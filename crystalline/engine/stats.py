@@ -140,7 +140,8 @@ class SphereStats:
         return self._clocks[sphere_id]
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        """A copy of every column plus the static role, group, level, worker_index and parent.
+        """A copy of every column plus the static role, group, level, worker_index and parent,
+        the step count and the generation (a number that each resize increases).
 
         Taken without stopping training: a row may be mid-update, never torn across steps
         by more than one sphere's last write.

@@ -17,7 +17,8 @@ Layout (version 1, little-endian), one file per process (MPI: one per rank):
 
 Consistency without a lock. Every sphere writes only its own row and its own ring row, a ring
 entry before its cursor, so a reader that reads a cursor, copies the ring and reads the cursor
-again keeps exactly the entries no write touched meanwhile. The sphere table never changes in
+again keeps exactly the entries no write touched meanwhile (the newest capacity - 1: the slot
+after the newest may be mid-write). The sphere table never changes in
 a file: a resize writes a new file (the next generation) to a temporary name, renames it over
 the old path, then sets `superseded` in the old one; a reader that finds `superseded` set (or
 the path now naming another file) after copying reopens the path and reads again. The rows
@@ -210,13 +211,13 @@ class Telemetry:
         return STATES[self.counter("state")]
 
     def snapshot(self) -> dict:
-        """Every stats column and the sphere table (Trainer.stats.snapshot() keys), copied."""
+        """Every stats column, the sphere table, step, and generation (bumped by each resize), copied."""
         values = np.array(self.values)
         snap = {name: values[:, i] for i, name in enumerate(self.fields)}
         snap.update(sphere_id=self.table["id"].copy(), role=self.table["role"].copy(),
                     group=self.table["group"].copy(), level=self.table["level"].copy(),
                     worker_index=self.table["worker_index"].copy(), parent=self.table["parent"].copy(),
-                    step=self.counter("step"))
+                    step=self.counter("step"), generation=self.generation)
         return snap
 
     def timeline(self, last: int = 50) -> dict[str, np.ndarray]:
