@@ -167,3 +167,26 @@ def test_a_two_rank_mpi_run_is_read_merged_over_ranks(tmp_path):
     assert not run.alive and run.state == "finished" and not run.controllable
     with pytest.raises(RunError, match="MPI run"):
         run.request("pause")
+
+
+def test_a_notebook_trainer_in_the_background_obeys_the_control_file(tmp_path, shakespeare):
+    from crystalline.config import preset
+    from crystalline.engine.trainer import Trainer
+    model_cfg, train_cfg = preset("tiny")
+    with Trainer(model_cfg, train_cfg.replace(eval_interval=0), shakespeare, workers=2,
+                 run_dir=tmp_path / "run") as tr:
+        run = crystalline.open_run(tmp_path / "run")
+        assert run.state == "idle" and run.controllable
+        tr.start()
+        wait_until(lambda: tr.steps_done >= 2, "two steps")
+        seq = run.request("pause")
+        wait_until(lambda: answered(run, seq), "the pause reply")
+        assert tr.state == "paused" and run.state == "paused"
+        steps = tr.steps_done
+        tr.resume()                                   # the notebook's own button wins
+        wait_until(lambda: tr.steps_done > steps, "a step after resume()")
+        assert run.state == "running"
+        seq = run.request("stop")
+        wait_until(lambda: answered(run, seq) and not tr.running, "the stop")
+        assert tr.stopped_by_control and run.state == "stopped" and tr.state == "stopped"
+        assert run.alive                              # this process still lives

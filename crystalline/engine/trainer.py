@@ -441,7 +441,7 @@ class Trainer:
         if self.driver_error is not None:
             return "failed"
         if self._driver is not None and self._driver.is_alive():
-            return "running" if self._running.is_set() else "paused"
+            return "running" if self._running.is_set() and not self._control_paused else "paused"
         return "stopped" if self.steps_done else "idle"
 
     def pause(self) -> None:
@@ -451,6 +451,8 @@ class Trainer:
             self.stats.state = "paused"
 
     def resume(self) -> None:
+        """Resume after pause(), or after a "pause" request in the control file."""
+        self._control_paused = False
         self._running.set()
         if self._driver is not None and self._driver.is_alive():
             self.stats.state = "running"
