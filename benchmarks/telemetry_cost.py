@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 
+import psutil
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from crystalline.config import preset  # noqa: E402
 from crystalline.data.corpus import bundled_corpus  # noqa: E402
@@ -78,6 +80,7 @@ def main():
           f"{step_s * 1e3:.0f} ms step ({changes * ns_file * 1e-9 / step_s:.5%})")
 
     results = {"in memory": [], "file": [], "file + reader": []}
+    reader_cpu = []              # the reader's CPU seconds per second of its round
     for r in range(args.rounds):
         order = list(results) if r % 2 == 0 else list(reversed(results))
         for name in order:
@@ -87,7 +90,12 @@ def main():
                                           stdout=subprocess.PIPE, text=True)
                 assert reader.stdout.readline().strip() == "ready"
             try:
+                cpu0, t0 = (psutil.Process(reader.pid).cpu_times() if reader else None), time.perf_counter()
                 results[name].append(tokens_per_s(memory if name == "in memory" else filed, args.steps))
+                if reader is not None:
+                    cpu1 = psutil.Process(reader.pid).cpu_times()
+                    reader_cpu.append((cpu1.user + cpu1.system - cpu0.user - cpu0.system)
+                                      / (time.perf_counter() - t0))
             finally:
                 if reader is not None:
                     reader.kill()
@@ -101,6 +109,8 @@ def main():
         ratios = [v / m for v, m in zip(values, results["in memory"])]
         print(f"| {name} | {statistics.median(values):,.0f} | {statistics.median(values) / base:.3f}x "
               f"| {statistics.median(ratios):.3f}x |")
+    print(f"\nthe reader process (snapshot + timeline at 5 Hz) used {statistics.median(reader_cpu):.2%} "
+          "of a core (median over rounds)")
     memory.close()
     filed.close()
 
