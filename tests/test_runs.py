@@ -168,6 +168,12 @@ def test_a_two_rank_mpi_run_is_read_merged_over_ranks(tmp_path):
     with pytest.raises(RunError, match="MPI run"):
         run.request("pause")
 
+    from crystalline.commands.trace import chrome_trace
+    events = chrome_trace(run, 2)["traceEvents"]
+    assert sorted((e["pid"], e["args"]["name"]) for e in events if e["name"] == "process_name") \
+        == [(0, "rank 0"), (1, "rank 1")]
+    assert {(e["pid"], e["tid"]) for e in events if e["ph"] == "X"} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
 
 def test_a_notebook_trainer_in_the_background_obeys_the_control_file(tmp_path, shakespeare):
     from crystalline.config import preset
