@@ -198,3 +198,9 @@ def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path):
         with pytest.raises(RunError, match=why) as info:
             crystalline.open_run(path)
         assert str(path) in str(info.value) and "not a run folder" in str(info.value)
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_clear_error(tmp_path, shakespeare):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RunError, match="cannot write the telemetry file .*a_file/run"):
+        Trainer(*tiny_configs(), shakespeare, workers=1, run_dir=tmp_path / "a_file" / "run")

@@ -60,6 +60,13 @@ def remove_other_ranks(run_dir, ranks: int) -> None:
             path.unlink(missing_ok=True)
 
 
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 def _align(n: int) -> int:
     return (n + 63) // 64 * 64
 
@@ -145,18 +152,27 @@ class Telemetry:
             cls._write_header(buf, meta_bytes, generation)
             return cls(buf)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{pid}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                f.truncate(size)                      # sparse: pages appear as they are written
+                # Reserve every block now: a full disk is an error here, never a SIGBUS when a
+                # sphere first touches a page of the mapping.
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, size)
+                else:
+                    f.truncate(size)
             buf = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(size,))
             cls._write_header(buf, meta_bytes, generation)
             tel = cls(buf, path)
             tel.inode = os.stat(tmp).st_ino
             os.replace(tmp, path)                     # readers see the old file or this whole one
+        except OSError as e:
+            _remove(tmp)
+            raise RunError(f"cannot write the telemetry file {path}: {e.strerror or e}; free space "
+                           "there or choose another run folder") from None
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             raise
         return tel
 
