@@ -18,11 +18,14 @@ Layout (version 1, little-endian), one file per process (MPI: one per rank):
 Consistency without a lock. Every sphere writes only its own row and its own ring row, a ring
 entry before its cursor, so a reader that reads a cursor, copies the ring and reads the cursor
 again keeps exactly the entries no write touched meanwhile (the newest capacity - 1: the slot
-after the newest may be mid-write). The sphere table never changes in
-a file: a resize writes a new file (the next generation) to a temporary name, renames it over
-the old path, then sets `superseded` in the old one; a reader that finds `superseded` set (or
-the path now naming another file) after copying reopens the path and reads again. The rows
-themselves are as consistent as in memory: a row may be mid-update, never from another tree.
+after the newest may be mid-write). The sphere table never changes in a file: a resize writes
+a new file (the next generation) to a temporary name, renames it over the old path, then sets
+`superseded` in the old one; a reader that finds `superseded` set (or the path now naming
+another file) after copying reopens the path and reads again. The rows themselves are as
+consistent as in memory: a row may be mid-update, never from another tree.
+
+The blocks are reserved when the file is made (posix_fallocate), so a full disk is an error
+then, never a fault when a sphere first touches a page.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ COUNTERS = ("generation", "superseded", "step", "state", "reads_control", "reser
 STATES = ("idle", "running", "paused", "stopped", "finished")
 RING_INTERVALS = 1024      # per sphere: 341 steps of a worker's 3 phases, 170 of Node Zero's 6
 INTERVAL = np.dtype([("start", "<f8"), ("end", "<f8"), ("step", "<i4"), ("phase", "<i4")])
-ROLES = ("node_zero", "control", "worker")
 
 
 def telemetry_path(run_dir, rank: int = 0) -> Path:
