@@ -204,3 +204,37 @@ def test_a_run_folder_that_cannot_be_written_is_one_clear_error(tmp_path, shakes
     (tmp_path / "a_file").write_text("")
     with pytest.raises(RunError, match="cannot write the telemetry file .*a_file/run"):
         Trainer(*tiny_configs(), shakespeare, workers=1, run_dir=tmp_path / "a_file" / "run")
+
+
+def test_reads_racing_the_writers_never_return_a_torn_or_overwritten_interval(shakespeare, monkeypatch):
+    monkeypatch.setattr(telemetry, "RING_INTERVALS", 8)     # the writers lap the ring every step
+    with Trainer(*tiny_configs(), shakespeare, workers=2) as tr:
+        tr.start(steps=150)
+        reads = 0
+        while tr.running or reads == 0:
+            timeline = tr.timeline(last=1000)
+            reads += 1
+            for sphere in set(timeline["sphere"].tolist()):
+                mine = timeline["sphere"] == sphere           # sorted by start: the sphere's order
+                start, end, step = timeline["start"][mine], timeline["end"][mine], timeline["step"][mine]
+                assert len(start) <= 7
+                # each interval begins where the sphere's previous one ended: none is torn or
+                # from another lap of the ring
+                np.testing.assert_array_equal(start[1:], end[:-1])
+                assert (end >= start).all() and (np.diff(step) >= 0).all()
+    assert tr.driver_error is None and tr.steps_done == 150 and reads > 10
+
+
+def test_only_entries_no_write_touched_during_the_copy_are_kept():
+    capacity, interval = 4, telemetry.INTERVAL
+    ring = np.zeros((1, capacity), dtype=interval)
+    for k in range(6):                               # entries 0..5 written; slots hold 4, 5, 2, 3
+        ring[0, k % capacity] = (k, k + 1, k, 0)
+    before = np.array([6])
+    sphere, entries = telemetry.intact_entries(before, ring, np.array([6]))
+    assert entries["start"].tolist() == [3, 4, 5]    # entry 2's slot is the next to be written
+    # while the ring was copied the writer finished entry 6 (slot 2) and began entry 7 (slot 3)
+    ring[0, 2] = (6, 7, 6, 0)
+    ring[0, 3]["start"] = 7
+    sphere, entries = telemetry.intact_entries(before, ring, np.array([7]))
+    assert entries["start"].tolist() == [4, 5] and sphere.tolist() == [0, 0]

@@ -243,15 +243,7 @@ class Telemetry:
         before = np.array(self.cursor)
         ring = np.array(self.ring)
         after = np.array(self.cursor)
-        spheres, slots = [], []
-        for i in range(len(before)):
-            # entries [after - capacity + 1, before) were neither written nor overwritten meanwhile
-            first = max(0, int(after[i]) - self.capacity + 1)
-            idx = np.arange(first, int(before[i]))
-            spheres.append(np.full(len(idx), i))
-            slots.append(idx % self.capacity)
-        sphere = np.concatenate(spheres) if spheres else np.zeros(0, dtype=np.int64)
-        entries = ring[sphere, np.concatenate(slots)] if spheres else ring[:0, 0]
+        sphere, entries = intact_entries(before, ring, after)
         return timeline_arrays(sphere, np.full(len(sphere), self.rank), entries, self.phases, last)
 
     def hierarchy(self):
@@ -279,6 +271,26 @@ class Telemetry:
             return False
         except psutil.AccessDenied:
             return psutil.pid_exists(int(self.meta["pid"]))
+
+
+def intact_entries(before: np.ndarray, ring: np.ndarray, after: np.ndarray):
+    """(sphere per entry, entries) of a ring copied between two reads of the cursors.
+
+    before, after: (n,) cursors read before and after copying ring (n, capacity). Entry k of
+    sphere i sits in slot k % capacity; writes during the copy (entries before[i] .. after[i],
+    the last perhaps half done) overwrote the slots of entries up to after[i] - capacity, so
+    entries [after[i] - capacity + 1, before[i]) are intact. Oldest first per sphere.
+    """
+    capacity = ring.shape[1]
+    spheres, slots = [], []
+    for i in range(len(before)):
+        idx = np.arange(max(0, int(after[i]) - capacity + 1), int(before[i]))
+        spheres.append(np.full(len(idx), i, dtype=np.int64))
+        slots.append(idx % capacity)
+    if not spheres:
+        return np.zeros(0, dtype=np.int64), ring.reshape(-1)[:0]
+    sphere = np.concatenate(spheres)
+    return sphere, ring[sphere, np.concatenate(slots)]
 
 
 def timeline_arrays(sphere, rank, entries, phases, last: int) -> dict[str, np.ndarray]:
