@@ -1,7 +1,8 @@
-"""What telemetry in the run folder costs training: tokens/s with stats in memory, with the
-telemetry file, and with the file plus another process reading it (open_run: snapshot and
-timeline at 5 Hz), alternated round by round in one run; medians and ratios. Also the cost of
-one phase change (PhaseClock.enter) in memory and in the memory-mapped file.
+"""What telemetry in the run folder costs training: tokens/s (and the training process's CPU
+seconds per step, steadier on a shared machine) with stats in memory, with the telemetry file,
+and with the file plus another process reading it (open_run: snapshot and timeline at 5 Hz),
+alternated round by round in one run; medians and ratios. Also the cost of one phase change
+(PhaseClock.enter) in memory and in the memory-mapped file.
 
     timeout 900 python benchmarks/telemetry_cost.py [--workers 2] [--rounds 7] [--steps 8]
 """
@@ -46,9 +47,12 @@ def phase_change_ns(path, n: int = 200_000) -> float:
     return statistics.median(runs)
 
 
-def tokens_per_s(trainer, steps: int) -> float:
-    t0 = time.perf_counter()
+def tokens_per_s(trainer, steps: int, cpu: list | None = None) -> float:
+    """Tokens/s over `steps` steps; appends this process's CPU seconds per step to `cpu`."""
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer.run(steps, progress=False)
+    if cpu is not None:
+        cpu.append((time.process_time() - c0) / steps)
     return steps * trainer.tokens_per_step / (time.perf_counter() - t0)
 
 
@@ -81,6 +85,7 @@ def main():
 
     results = {"in memory": [], "file": [], "file + reader": []}
     reader_cpu = []              # the reader's CPU seconds per second of its round
+    cpu = {name: [] for name in results}   # the training process's CPU seconds per step
     for r in range(args.rounds):
         order = list(results) if r % 2 == 0 else list(reversed(results))
         for name in order:
@@ -91,7 +96,8 @@ def main():
                 assert reader.stdout.readline().strip() == "ready"
             try:
                 cpu0, t0 = (psutil.Process(reader.pid).cpu_times() if reader else None), time.perf_counter()
-                results[name].append(tokens_per_s(memory if name == "in memory" else filed, args.steps))
+                results[name].append(tokens_per_s(memory if name == "in memory" else filed, args.steps,
+                                                  cpu[name]))
                 if reader is not None:
                     cpu1 = psutil.Process(reader.pid).cpu_times()
                     reader_cpu.append((cpu1.user + cpu1.system - cpu0.user - cpu0.system)
@@ -103,12 +109,15 @@ def main():
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()), flush=True)
 
     base = statistics.median(results["in memory"])
-    print(f"\n| stats | tokens/s (median) | vs in memory | median of per-round ratios |")
-    print("| --- | ---: | ---: | ---: |")
+    base_cpu = statistics.median(cpu["in memory"])
+    print("\n| stats | tokens/s (median) | vs in memory | median of per-round ratios "
+          "| CPU s per step (median) | vs in memory |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, values in results.items():
         ratios = [v / m for v, m in zip(values, results["in memory"])]
         print(f"| {name} | {statistics.median(values):,.0f} | {statistics.median(values) / base:.3f}x "
-              f"| {statistics.median(ratios):.3f}x |")
+              f"| {statistics.median(ratios):.3f}x | {statistics.median(cpu[name]):.3f} "
+              f"| {statistics.median(cpu[name]) / base_cpu:.3f}x |")
     print(f"\nthe reader process (snapshot + timeline at 5 Hz) used {statistics.median(reader_cpu):.2%} "
           "of a core (median over rounds)")
     memory.close()
