@@ -17,6 +17,8 @@ _LAZY = {
     "Trainer": "crystalline.engine.trainer",
     "compare_runs": "crystalline.compare",
     "plot_runs": "crystalline.compare",
+    "open_run": "crystalline.runs",
+    "RunError": "crystalline.errors",
 }
 
 __all__ = sorted(_LAZY)

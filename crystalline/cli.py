@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["data", "train", "sample", "export", "figures", "lab"]
+COMMANDS = ["data", "train", "sample", "export", "figures", "lab", "trace"]
 
 
 def build_parser() -> argparse.ArgumentParser:

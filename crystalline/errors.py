@@ -32,3 +32,7 @@ class WriteError(CrystallineError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class RunError(CrystallineError, ValueError):
+    """A run folder, its telemetry or its control file cannot be read or used."""

@@ -293,7 +293,7 @@ def _hf_tokenizer(folder: Path, vocab_size: int):
 
 
 def trainer_from_hf(trainer_cls, model_dir, train_cfg, data, tokenizer=None, vocab_size=None,
-                    workers=None, sync="lock_free"):
+                    workers=None, sync="lock_free", run_dir=None):
     """A Trainer (or DistributedTrainer) on `data` whose model starts from a local GPT-2 folder
     (`from_hf`), with the folder's tokenizer; `tokenizer` (a spec as for load_corpus) only when
     the folder has none, and its vocabulary must then equal the model's."""
@@ -308,6 +308,6 @@ def trainer_from_hf(trainer_cls, model_dir, train_cfg, data, tokenizer=None, voc
         raise ConfigError(f"the tokenizer has {corpus.tokenizer.vocab_size} tokens but the model in "
                           f"{model_dir} has a vocabulary of {model.config.vocab_size}; use the "
                           "tokenizer the model was trained with (its tokenizer.json)")
-    trainer = trainer_cls(model.config, train_cfg, corpus, workers=workers, sync=sync)
+    trainer = trainer_cls(model.config, train_cfg, corpus, workers=workers, sync=sync, run_dir=run_dir)
     trainer.model.params[:] = model.params
     return trainer

@@ -63,12 +63,13 @@ def check_corpus(corpus, meta: dict, data_changed_ok: bool, ckpt) -> None:
                         "pass the same text, or --data-changed-ok to train on this one")
 
 
-def resume_trainer(trainer_cls, ckpt, args):
+def resume_trainer(trainer_cls, ckpt, args, run_dir=None):
     """The trainer restored from the checkpoint `ckpt`, with the flags a resume may change applied."""
     from crystalline.checkpoint import read_checkpoint
     _, meta = read_checkpoint(ckpt)
     check_flags(args, meta, ckpt)
-    trainer = trainer_cls.load(ckpt, corpus=args.data, workers=args.workers, sync=args.sync)
+    trainer = trainer_cls.load(ckpt, corpus=args.data, workers=args.workers, sync=args.sync,
+                               run_dir=run_dir)
     check_corpus(trainer.corpus, meta, args.data_changed_ok, ckpt)
     if args.eval_interval is not None:
         trainer.train_cfg = trainer.train_cfg.replace(eval_interval=args.eval_interval)

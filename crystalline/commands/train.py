@@ -13,9 +13,13 @@ refused; see crystalline.resume.
 
 The run folder holds config.toml, metrics.jsonl (one JSON object per step), TensorBoard
 event files (with the `tensorboard` extra) and checkpoint.safetensors (written every
---ckpt-interval steps and at the end). It belongs to one run: a folder that holds a run is refused (--resume continues it, --overwrite replaces it), and
-it is locked while training. Ctrl-C or SIGTERM closes the progress bar, writes a final
-consistent checkpoint and exits with code 130 or 143.
+--ckpt-interval steps and at the end), and the telemetry that crystalline.open_run reads
+(telemetry-rank<r>.bin). It belongs to one run: a folder that holds a run is refused (--resume
+continues it, --overwrite replaces it), and it is locked while training. Ctrl-C or SIGTERM
+closes the progress bar, writes a final consistent checkpoint and exits with code 130 or 143.
+A "stop" request in the folder's control.json (Run.request("stop")) ends training after the
+current step, writes the final checkpoint and exits with 0; "pause", "resume" and "resize" act
+between steps too.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def _configs(args):
     return model_cfg, schedule_for_run(train_cfg.replace(**overrides), args.steps, args.max_steps)
 
 
-def _make_trainer(args):
+def _make_trainer(args, run_dir):
     from crystalline.data.corpus import bundled_corpus, load_corpus
     from crystalline.data.tokenizers import tokenizer_spec
     from crystalline.engine.trainer import Trainer
@@ -85,16 +89,16 @@ def _make_trainer(args):
         from crystalline.distributed import DistributedTrainer as Trainer
     if args.resume:
         from crystalline.resume import resume_trainer
-        return resume_trainer(Trainer, resume_paths(args.resume)[0], args)
+        return resume_trainer(Trainer, resume_paths(args.resume)[0], args, run_dir=run_dir)
     model_cfg, train_cfg = _configs(args)
     data = args.data if args.data is not None else str(bundled_corpus())
     if args.init_from:
         from crystalline.export import trainer_from_hf
         return trainer_from_hf(Trainer, args.init_from, train_cfg, data,
                                tokenizer_spec(args.tokenizer), args.vocab_size,
-                               workers=args.workers, sync=args.sync)
+                               workers=args.workers, sync=args.sync, run_dir=run_dir)
     corpus = load_corpus(data, tokenizer_spec(args.tokenizer), vocab_size=args.vocab_size)
-    return Trainer(model_cfg, train_cfg, corpus, workers=args.workers, sync=args.sync)
+    return Trainer(model_cfg, train_cfg, corpus, workers=args.workers, sync=args.sync, run_dir=run_dir)
 
 
 def run(args) -> int:
@@ -130,10 +134,13 @@ def _run(args) -> int:
     resume = resume_paths(args.resume) if args.resume else None
     run_dir = args.run_dir or (resume[1] if resume else
                                Path("runs") / f"{args.preset or 'tiny'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.distributed:        # every rank writes its telemetry there: rank 0's name for all
+        from crystalline.distributed import _mpi
+        run_dir = _mpi().COMM_WORLD.bcast(run_dir, root=0)
     root = not args.distributed or _mpi_rank() == 0    # under MPI only rank 0 prints and writes files
     folder = open_run_folder(run_dir, resume and resume[0], args.overwrite) if root else None
     try:
-        trainer = _make_trainer(args)
+        trainer = _make_trainer(args, run_dir)     # its telemetry: run_dir/telemetry-rank<r>.bin
         signals.watch(trainer, escalate=not args.distributed)   # a signal now ends training cleanly
         steps = steps_to_run(args, trainer)
         ckpt = run_dir / "checkpoint.safetensors"
@@ -168,12 +175,12 @@ def _run(args) -> int:
             folder.close()
     code = signals.exit_code() or (130 if interrupted else 0)
     last = trainer.history[-1] if len(trainer.history) else {}
-    state = "interrupted" if code else "done"
+    state = "interrupted" if code else "stopped (control file)" if trainer.stopped_by_control else "done"
     if root:
         written = f"checkpoint {ckpt}" if ckpt.exists() else "no checkpoint (no step was completed)"
         val = "" if val_loss is None else f", validation loss {val_loss:.4f}"
         print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}{val}; {written}")
-        if args.sample > 0 and not code:
+        if args.sample > 0 and not code and not trainer.stopped_by_control:
             _print_sample(trainer, args.sample)
     return code or 0
 
