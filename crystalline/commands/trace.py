@@ -59,7 +59,7 @@ def chrome_trace(run, last: int) -> dict:
 
 
 def run(args) -> int:
-    from crystalline.data.cache import atomic_write_bytes
+    from crystalline.io import atomic_write_bytes
     from crystalline.errors import ConfigError
     from crystalline.runs import open_run
     if args.last <= 0:

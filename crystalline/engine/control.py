@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from crystalline.data.cache import atomic_write_bytes
+from crystalline.io import atomic_write_bytes
 from crystalline.errors import RunError
 
 CONTROL_FILE = "control.json"
