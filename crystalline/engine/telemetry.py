@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from crystalline.errors import RunError
+from crystalline.io import atomic_path
 
 MAGIC = b"CRYSTLTM"
 VERSION = 1
@@ -154,28 +155,25 @@ class Telemetry:
             cls._write_header(buf, meta_bytes, generation)
             return cls(buf)
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{pid}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                # Reserve every block now: a full disk is an error here, never a SIGBUS when a
-                # sphere first touches a page of the mapping.
-                if hasattr(os, "posix_fallocate"):
-                    os.posix_fallocate(f.fileno(), 0, size)
-                else:
-                    f.truncate(size)
-            buf = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(size,))
-            cls._write_header(buf, meta_bytes, generation)
-            tel = cls(buf, path)
-            tel.inode = os.stat(tmp).st_ino
-            os.replace(tmp, path)                     # readers see the old file or this whole one
+            with atomic_path(path) as tmp:               # readers see the old file or this whole one
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    # Reserve every block now: a full disk is an error here, never a SIGBUS when
+                    # a sphere first touches a page of the mapping.
+                    if hasattr(os, "posix_fallocate"):
+                        os.posix_fallocate(fd, 0, size)
+                    else:
+                        os.ftruncate(fd, size)
+                finally:
+                    os.close(fd)
+                buf = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(size,))
+                cls._write_header(buf, meta_bytes, generation)
+                tel = cls(buf, path)
+                tel.inode = os.stat(tmp).st_ino
         except OSError as e:
-            _remove(tmp)
             raise RunError(f"cannot write the telemetry file {path}: {e.strerror or e}; free space "
                            "there or choose another run folder") from None
-        except BaseException:
-            _remove(tmp)
-            raise
         return tel
 
     @staticmethod
