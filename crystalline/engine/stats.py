@@ -33,6 +33,9 @@ FIELDS = (
     "updated",         # time.time() of the last write
     "phase",           # index into PHASES: where the sphere is in the step right now
     "phase_since",     # time.time() when it entered that phase
+    "slowdown",        # straggler factor of its last step (workers; 1.0: not slowed)
+    "slowed_s",        # seconds a straggler spent slowed after its compute (counted in compute_s)
+    "efficiency",      # last step's compute / (compute + wait at B) (workers; NaN before)
 )
 FIELD = {name: i for i, name in enumerate(FIELDS)}
 PHASES = ("idle", "at_a", "computing", "at_b", "reducing")
@@ -55,7 +58,8 @@ class SphereStats:
         self.worker_index = np.array([s.worker_index for s in spheres], dtype=np.int64)
         self.parent = np.array([-1 if s.parent is None else s.parent.id for s in spheres], dtype=np.int64)
         self.values = np.zeros((len(spheres), len(FIELDS)), dtype=np.float64)
-        self.values[:, FIELD["loss"]] = np.nan
+        self.values[:, FIELD["loss"]] = self.values[:, FIELD["efficiency"]] = np.nan
+        self.values[:, FIELD["slowdown"]] = 1.0
         self.values[:, FIELD["updated"]] = self.values[:, FIELD["phase_since"]] = time.time()
         self.step = 0
 
