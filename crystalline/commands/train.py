@@ -31,6 +31,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--workers", type=int, help="worker spheres (default: this machine's cores)")
     p.add_argument("--sync", choices=["lock_free", "model_lock"], default="lock_free")
     p.add_argument("--batch-size", type=int, help="sequences per global step")
+    p.add_argument("--balance", choices=["static", "dynamic"], default="static",
+                   help="static: fixed slices; dynamic: workers take chunks as they finish")
+    p.add_argument("--straggler", action="append", default=[], metavar="W:F",
+                   help="slow worker W by factor F >= 1 (repeatable), e.g. --straggler 1:2")
+    p.add_argument("--straggler-mode", choices=["sleep", "busy"], default="sleep",
+                   help="a straggler sleeps (frees its core) or spins (default: sleep)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-interval", type=int, help="steps between validation losses (0: off)")
@@ -69,6 +75,16 @@ def _make_trainer(args):
                    tokenizer=args.tokenizer)
 
 
+def _stragglers(args) -> dict[int, float]:
+    """--straggler W:F (repeatable) as {worker: factor}; checked against the tree later."""
+    from crystalline.engine.balance import parse_straggler
+    from crystalline.errors import ConfigError
+    stragglers = dict(parse_straggler(text) for text in args.straggler)
+    if len(stragglers) < len(args.straggler):
+        raise ConfigError("--straggler names a worker twice; give each worker one factor")
+    return stragglers
+
+
 def run(args) -> int:
     if not args.distributed:
         return _run(args)
@@ -85,7 +101,10 @@ def _run(args) -> int:
         raise ConfigError(f"--steps {args.steps} is invalid: use a positive number of steps")
     if args.ckpt_interval <= 0:
         raise ConfigError(f"--ckpt-interval {args.ckpt_interval} is invalid: use a positive number")
+    stragglers = _stragglers(args)
     trainer = _make_trainer(args)
+    trainer.set_balance(args.balance)       # no thread runs before the first step
+    trainer.set_stragglers(stragglers, args.straggler_mode)
     root = getattr(trainer, "is_root", True)   # under MPI only rank 0 prints and writes files
     steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
     run_dir = args.run_dir or (args.resume.parent if args.resume else

@@ -91,8 +91,11 @@ def chunk_schedule(count: int, n_workers: int, min_chunk: int = MIN_CHUNK) -> tu
 
     Each chunk is ceil(remaining / (CHUNKS_PER_WORKER x n_workers)) sequences, at least
     `min_chunk` (or what remains): big chunks keep the kernels efficient, small ones at the
-    end let a fast worker make up for a slow one. A function of (count, n_workers) alone.
+    end let a fast worker make up for a slow one; one worker takes the step in one chunk. A
+    function of (count, n_workers) alone.
     """
+    if n_workers == 1:
+        return np.zeros(min(count, 1), dtype=np.int64), np.full(min(count, 1), count, dtype=np.int64)
     starts, sizes, done = [], [], 0
     while done < count:
         remaining = count - done
