@@ -33,7 +33,7 @@ class FigureConfig:
     straggler_preset: str = "cllm-4.5m"
     straggler_batch: int = 64
     straggler_workers: int = 2
-    straggler_factors: tuple = (1.0, 1.5, 2.0, 3.0, 4.0)
+    straggler_factors: tuple = (1.0, 1.5, 2.0, 4.0)
     straggler_rounds: int = 3
     straggler_mode: str = "sleep"
 
