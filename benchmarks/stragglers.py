@@ -25,7 +25,7 @@ FACTORS = (1.0, 1.5, 2.0, 4.0)
 def time_take(n: int = 200_000) -> tuple[float, float]:
     """Nanoseconds per SharedChunks.take(): one thread alone, and two threads contending."""
     from crystalline.engine.balance import SharedChunks
-    chunks = SharedChunks(0, 2 * n, 1)     # min chunk 2: n chunks, never exhausted below
+    chunks = SharedChunks(0, 2 * n, 2 * n)     # as many workers as sequences: n chunks of 2
     t0 = time.perf_counter()
     for _ in range(n):
         chunks.take()
