@@ -137,6 +137,7 @@ def test_cli_straggler_flags(tmp_path, capsys):
     (["--straggler", "one:2"], "--straggler 'one:2' is invalid; write WORKER:FACTOR"),
     (["--straggler", "1"], "--straggler '1' is invalid"),
     (["--straggler", "1:2", "--straggler", "1:3"], "names a worker twice"),
+    (["--straggler-mode", "busy"], "--straggler-mode has no straggler to act on"),
 ])
 def test_cli_bad_straggler_flags_exit_2(tmp_path, capsys, flags, message):
     argv = ["train", "--steps", "1", "--workers", "2", "--run-dir", str(tmp_path / "run"),

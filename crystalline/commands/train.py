@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
                    help="static: fixed slices; dynamic: workers take chunks as they finish")
     p.add_argument("--straggler", action="append", default=[], metavar="W:F",
                    help="slow worker W by factor F >= 1 (repeatable), e.g. --straggler 1:2")
-    p.add_argument("--straggler-mode", choices=["sleep", "busy"], default="sleep",
+    p.add_argument("--straggler-mode", choices=["sleep", "busy"],
                    help="a straggler sleeps (frees its core) or spins (default: sleep)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
@@ -82,6 +82,8 @@ def _stragglers(args) -> dict[int, float]:
     stragglers = dict(parse_straggler(text) for text in args.straggler)
     if len(stragglers) < len(args.straggler):
         raise ConfigError("--straggler names a worker twice; give each worker one factor")
+    if args.straggler_mode and not stragglers:
+        raise ConfigError("--straggler-mode has no straggler to act on; add --straggler W:F")
     return stragglers
 
 
@@ -104,7 +106,7 @@ def _run(args) -> int:
     stragglers = _stragglers(args)
     trainer = _make_trainer(args)
     trainer.set_balance(args.balance)       # no thread runs before the first step
-    trainer.set_stragglers(stragglers, args.straggler_mode)
+    trainer.set_stragglers(stragglers, args.straggler_mode or "sleep")
     root = getattr(trainer, "is_root", True)   # under MPI only rank 0 prints and writes files
     steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
     run_dir = args.run_dir or (args.resume.parent if args.resume else
