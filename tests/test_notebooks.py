@@ -114,6 +114,14 @@ def test_dashboard_notebook_shows_the_dashboard_and_stops(python3_kernel):
     assert "monitor running: False" in text, text
 
 
+def test_stragglers_notebook_draws_the_experiment_and_explains_a_step(python3_kernel):
+    nb, _ = execute(ROOT / "notebooks" / "07_stragglers.ipynb")
+    images = [o for o in outputs(nb) if "image/png" in o.get("data", {})]
+    assert len(images) == 2                       # the experiment, one straggling step
+    text = stream_text(nb)
+    assert "static:" in text and "dynamic:" in text and "worker 0 (slowed 3x)" in text, text
+
+
 # ---------------------------------------------------------------------------- crystalline lab
 def test_lab_opens_jupyterlab_on_the_notebooks(monkeypatch):
     import subprocess

@@ -51,6 +51,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--workers", type=int, help="worker spheres (default: this machine's cores)")
     p.add_argument("--sync", choices=["lock_free", "model_lock"], default="lock_free")
     p.add_argument("--batch-size", type=int, help="sequences per global step")
+    p.add_argument("--balance", choices=["static", "dynamic"], default="static",
+                   help="static: fixed slices; dynamic: workers take chunks as they finish")
+    p.add_argument("--straggler", action="append", default=[], metavar="W:F",
+                   help="slow worker W by factor F >= 1 (repeatable), e.g. --straggler 1:2")
+    p.add_argument("--straggler-mode", choices=["sleep", "busy"],
+                   help="a straggler sleeps (frees its core) or spins (default: sleep)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-interval", type=int, help="steps between validation losses (0: off)")
@@ -101,6 +107,18 @@ def _make_trainer(args, run_dir):
     return Trainer(model_cfg, train_cfg, corpus, workers=args.workers, sync=args.sync, run_dir=run_dir)
 
 
+def _stragglers(args) -> dict[int, float]:
+    """--straggler W:F (repeatable) as {worker: factor}; checked against the tree later."""
+    from crystalline.engine.balance import parse_straggler
+    from crystalline.errors import ConfigError
+    stragglers = dict(parse_straggler(text) for text in args.straggler)
+    if len(stragglers) < len(args.straggler):
+        raise ConfigError("--straggler names a worker twice; give each worker one factor")
+    if args.straggler_mode and not stragglers:
+        raise ConfigError("--straggler-mode has no straggler to act on; add --straggler W:F")
+    return stragglers
+
+
 def run(args) -> int:
     try:
         if not args.distributed:
@@ -131,6 +149,7 @@ def _run(args) -> int:
                           "--resume, which continues a run with its own model and tokenizer")
     if args.data_changed_ok and not args.resume:
         raise ConfigError("--data-changed-ok only applies with --resume; drop it for a new run")
+    stragglers = _stragglers(args)
     resume = resume_paths(args.resume) if args.resume else None
     run_dir = args.run_dir or (resume[1] if resume else
                                Path("runs") / f"{args.preset or 'tiny'}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -141,6 +160,8 @@ def _run(args) -> int:
     folder = open_run_folder(run_dir, resume and resume[0], args.overwrite) if root else None
     try:
         trainer = _make_trainer(args, run_dir)     # its telemetry: run_dir/telemetry-rank<r>.bin
+        trainer.set_balance(args.balance)          # no thread runs before the first step
+        trainer.set_stragglers(stragglers, args.straggler_mode or "sleep")
         signals.watch(trainer, escalate=not args.distributed)   # a signal now ends training cleanly
         steps = steps_to_run(args, trainer)
         ckpt = run_dir / "checkpoint.safetensors"

@@ -40,6 +40,9 @@ FIELDS = (
     "updated",         # time.time() of the last write
     "phase",           # index into PHASES: where the sphere is in the step right now
     "phase_since",     # time.time() when it entered that phase
+    "slowdown",        # straggler factor of its last step (workers; 1.0: not slowed)
+    "slowed_s",        # seconds a straggler spent slowed after its compute (counted in compute_s)
+    "efficiency",      # last step's compute / (compute + wait at B) (workers; NaN before)
 )
 FIELD = {name: i for i, name in enumerate(FIELDS)}
 # Where a sphere is in a step. idle: Node Zero between steps (and every sphere before its first);
@@ -97,7 +100,8 @@ class SphereStats:
         self.values = self.telemetry.values
         self.role, self.group, self.level, self.worker_index, self.parent = (
             self.telemetry.table[k] for k in ("role", "group", "level", "worker_index", "parent"))
-        self.values[:, FIELD["loss"]] = np.nan
+        self.values[:, FIELD["loss"]] = self.values[:, FIELD["efficiency"]] = np.nan
+        self.values[:, FIELD["slowdown"]] = 1.0
         self.values[:, FIELD["updated"]] = self.values[:, FIELD["phase_since"]] = time.time()
         if previous is not None:
             self.step, self.state, self.reads_control = previous.step, previous.state, previous.reads_control

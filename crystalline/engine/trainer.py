@@ -5,6 +5,8 @@
     tr.run(200, progress=True)       # tqdm bar with loss, tokens/s and the slowest group
     tr.start(); tr.pause(); tr.resume(); tr.stop()    # background training for notebooks
     tr.resize(workers=12)            # between steps; parameters and AdamW state kept
+    tr.set_stragglers({0: 2.0})      # between steps: worker 0 twice as slow (see balance.py)
+    Trainer(..., balance="dynamic")  # workers take chunks of the step as they finish
     tr.stats.snapshot(); tr.history; tr.save(path); Trainer.load(path)
     tr.timeline(last=50)             # per-sphere phase intervals (compute, wait at A / B, ...)
 
@@ -37,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from crystalline.config import MAX_WORKERS, ModelConfig, TrainConfig
 from crystalline.data.batching import Batches
 from crystalline.data.corpus import Corpus, load_corpus
+from crystalline.engine.balance import check_balance, check_straggler_mode, check_stragglers, step_efficiency
 from crystalline.engine.hierarchy import Hierarchy
 from crystalline.engine.memory import check_fits
 from crystalline.engine.optimizer import AdamW, learning_rate
@@ -112,13 +115,18 @@ class Trainer:
     "word", a tokenizer JSON path or a Tokenizer. The model's vocab_size is taken from the
     tokenizer. workers: worker spheres (default: this machine's cores), or pass a Hierarchy.
     run_dir: a folder for the telemetry file (and the control file); None keeps stats in memory.
+    balance: "static" (fixed slices) or "dynamic" (chunks taken as workers finish);
+    stragglers: {worker index: factor >= 1}, slowed by sleeping or, with straggler_mode="busy",
+    spinning (see engine/balance.py).
     """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, corpus, workers: int | None = None,
                  hierarchy: Hierarchy | None = None, sync: str = "lock_free", cache_dir=None,
-                 tokenizer=None, run_dir=None):
+                 tokenizer=None, run_dir=None, balance: str = "static", stragglers: dict | None = None,
+                 straggler_mode: str = "sleep"):
         if sync not in SYNC_MODES:
             raise ConfigError(f"sync={sync!r} is not a sync mode; use one of {list(SYNC_MODES)}")
+        self.balance, self.straggler_mode = check_balance(balance), check_straggler_mode(straggler_mode)
         self.corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, tokenizer, cache_dir)
         if model_cfg.vocab_size != self.corpus.tokenizer.vocab_size:
             model_cfg = model_cfg.replace(vocab_size=self.corpus.tokenizer.vocab_size)
@@ -142,6 +150,7 @@ class Trainer:
         self.val_batches = Batches(val_tokens, T, B, train_cfg.seed + 1) if len(val_tokens) > T + 1 else None
         self.history = History()
         self.run_dir = None if run_dir is None else Path(run_dir)
+        self.stragglers = check_stragglers(stragglers, len(self.hierarchy.workers))
         self.stats = self._new_stats(self.hierarchy)
         # A single-process run with a run folder takes requests from its control file.
         self._control = ControlReader(self.run_dir) \
@@ -194,6 +203,10 @@ class Trainer:
     def resize(self, workers: int | None = None, hierarchy: Hierarchy | None = None) -> None:
         """Reshape the sphere tree between steps; parameters, AdamW state and history are kept."""
         new = self._make_hierarchy(workers, hierarchy)
+        lost = [w for w in self.stragglers if w >= len(new.workers)]
+        if lost:
+            raise ConfigError(f"stragglers {lost} are not workers of a {len(new.workers)}-worker tree; "
+                              "call set_stragglers() without them first")
         with self._step_lock:
             self._close_tree()
             self.hierarchy = new
@@ -205,7 +218,8 @@ class Trainer:
             self._close_tree()
             self._blas_limit = threadpool_limits(limits=1)   # parallelism comes from the spheres
             self._tree = SphereTree(self.hierarchy, self.model, self._sequences(), self.stats,
-                                    self._update, self.sync)
+                                    self._update, self.sync, self.balance, self.straggler_mode)
+            self._apply_stragglers()
             self.stats.row(self.hierarchy.node_zero.id)[FIELD["bytes"]] = \
                 self.model.params.nbytes + self.optimizer.nbytes
         return self._tree
@@ -217,6 +231,37 @@ class Trainer:
         if self._blas_limit is not None:
             self._blas_limit.restore_original_limits()
             self._blas_limit = None
+
+    # ------------------------------------------------------------------ stragglers, balance
+    def set_stragglers(self, stragglers: dict, mode: str | None = None) -> None:
+        """Between steps: slow these workers ({worker index: factor >= 1}; {} for none) by
+        sleeping or, mode="busy", spinning (None keeps the current mode)."""
+        checked = check_stragglers(stragglers, self.workers)
+        mode = self.straggler_mode if mode is None else check_straggler_mode(mode)
+        with self._step_lock:
+            if mode != self.straggler_mode:
+                self._close_tree()          # the next step builds a tree in the new mode
+            self.stragglers, self.straggler_mode = checked, mode
+            self._apply_stragglers()
+
+    def _apply_stragglers(self) -> None:
+        if self._tree is not None:
+            self._tree.slowdown[:] = 1.0
+            for w, factor in self.stragglers.items():
+                self._tree.slowdown[w] = factor
+
+    def set_balance(self, balance: str) -> None:
+        """Between steps: "static" or "dynamic" from the next step on."""
+        balance = check_balance(balance)
+        with self._step_lock:
+            if balance != self.balance:
+                self._close_tree()
+                self.balance = balance
+
+    @property
+    def last_assignment(self) -> list[list[tuple[int, int]]]:
+        """Per worker, (first sequence, count) of each chunk it computed in the last step."""
+        return self._tree.last_assignment if self._tree is not None else []
 
     # Scale-out hooks (crystalline.distributed overrides them): which sequences of each global
     # batch this process computes, and how its sums combine with other processes' sums.
@@ -280,6 +325,7 @@ class Trainer:
             try:
                 if self._stop_before_step():
                     raise TrainingStopped(f"stopped before step {step}; the parameters are as before it")
+                before = self.stats.snapshot()
                 outcome = self._run_job(Job("train", step, self.batches))
             except TrainingStopped:
                 self._interrupted = False            # the request is answered
@@ -289,7 +335,7 @@ class Trainer:
             result = StepResult(step=step, loss=loss, tokens=self.tokens_per_step, seconds=seconds,
                                 tokens_per_s=self.tokens_per_step / seconds, lr=lr, grad_norm=norm,
                                 skipped=not applied, timings=outcome.timings)
-            self._record(result)
+            self._record(result, before)
             self._recent_seconds.append(seconds)
             if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
                 raise TrainingError(f"the gradient or the update was not finite for "
@@ -308,13 +354,15 @@ class Trainer:
                     for k in range(n)]
         return float(np.sum(sums)) / (n * self.tokens_per_step)
 
-    def _record(self, r: StepResult) -> None:
+    def _record(self, r: StepResult, before: dict) -> None:
         snap = self.stats.snapshot()
         self.history.append({
             "step": r.step, "loss": r.loss, "tokens": r.tokens, "tokens_per_s": r.tokens_per_s,
             "seconds": r.seconds, "lr": r.lr, "grad_norm": r.grad_norm, "skipped": r.skipped,
             "rss": self._process.memory_info().rss, "time": time.time() - self._started_at,
             "workers": self.workers, "group_tokens_per_s": group_tokens_per_s(snap).tolist(),
+            "balance": self.balance, "efficiency": step_efficiency(before, snap, r.seconds),
+            **({"assignment": self.last_assignment} if self.balance == "dynamic" else {}),
         })
 
     def run(self, steps: int, progress: bool = True, on_step=None) -> list[StepResult]:
@@ -361,7 +409,7 @@ class Trainer:
     def _report_step(self, bar, on_step) -> None:
         record = self.history[-1]
         postfix = {"loss": f"{record['loss']:.3f}", "tok/s": f"{record['tokens_per_s']:,.0f}",
-                   "slowest group": self.slowest_group()}
+                   "eff": f"{record['efficiency']:.0%}", "slowest group": self.slowest_group()}
         if "val_loss" in record:
             postfix["val"] = f"{record['val_loss']:.3f}"
         bar.set_postfix(postfix, refresh=False)
@@ -541,4 +589,5 @@ class Trainer:
 
     def __repr__(self) -> str:
         return (f"Trainer({self.model.num_parameters:,} parameters, {self.workers} workers, "
-                f"{len(self.hierarchy.spheres)} spheres, step {self.steps_done}, sync={self.sync!r})")
+                f"{len(self.hierarchy.spheres)} spheres, step {self.steps_done}, sync={self.sync!r}, "
+                f"balance={self.balance!r})")
