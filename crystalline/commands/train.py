@@ -86,7 +86,6 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from crystalline import signals
-    from crystalline.config import save_toml
     from crystalline.engine.trainer import TrainingStopped
     from crystalline.errors import ConfigError
     from crystalline.rundir import open_run_folder, resume_paths
@@ -105,11 +104,7 @@ def _run(args) -> int:
         steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
         ckpt = run_dir / "checkpoint.safetensors"
         if root:
-            if args.overwrite:
-                folder.clear()
-            if resume:
-                folder.trim_metrics(trainer.steps_done)     # each step's line once, as in the checkpoint
-            save_toml(folder.config, trainer.model_cfg, trainer.train_cfg)
+            folder.begin(trainer, overwrite=args.overwrite, resumed=resume is not None)
             print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
                   f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
         interrupted = False
