@@ -305,9 +305,7 @@ class Trainer:
             self.on_stall = lambda stall: bar.set_postfix_str(_stall_text(stall))
             try:
                 for _ in range(steps):
-                    if self._stop_before_step():
-                        raise TrainingStopped(f"interrupted before step {self.steps_done}")
-                    results.append(self.step())
+                    results.append(self.step())      # raises TrainingStopped if a stop is pending
                     try:
                         if self._eval_due():
                             self._evaluate_into_history()
