@@ -1,8 +1,7 @@
 """A run folder belongs to one run: refused when it holds another, locked while training.
 
     folder = open_run_folder(path, resume_from=None, overwrite=False)   # RunFolderError if taken
-    folder.clear()                      # --overwrite: drop the old run's files (after the start)
-    folder.trim_metrics(step)           # --resume: keep exactly the checkpoint's steps
+    folder.begin(trainer, overwrite, resumed)   # once the trainer is built: clear / trim, config.toml
     folder.close()                      # release the lock; a folder this run made and left empty goes
 
 A folder "holds a run" when it has a checkpoint.safetensors or a non-empty metrics.jsonl (a
@@ -56,6 +55,16 @@ class RunFolder:
     def __init__(self, path: Path, lock: RunLock, created: bool = False):
         self.path, self.lock, self.created = path, lock, created
         self.checkpoint, self.config, self.metrics = (path / n for n in RUN_FILES)
+
+    def begin(self, trainer, overwrite: bool, resumed: bool) -> None:
+        """Once the trainer is built: drop the old run (--overwrite), cut metrics.jsonl back to the
+        checkpoint's step (a resume), and write config.toml."""
+        from crystalline.config import save_toml
+        if overwrite:
+            self.clear()
+        if resumed:
+            self.trim_metrics(trainer.steps_done)
+        save_toml(self.config, trainer.model_cfg, trainer.train_cfg)
 
     def clear(self) -> None:
         """Remove the previous run's files (--overwrite)."""

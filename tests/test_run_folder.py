@@ -5,12 +5,10 @@ checkpoint after a kill and a resume."""
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from crystalline import Trainer

@@ -133,7 +133,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from crystalline import signals
-    from crystalline.config import MAX_SAMPLE_TOKENS, MAX_STEPS, save_toml
+    from crystalline.config import MAX_SAMPLE_TOKENS, MAX_STEPS
     from crystalline.engine.trainer import TrainingStopped
     from crystalline.errors import ConfigError
     from crystalline.resume import steps_to_run
@@ -166,11 +166,7 @@ def _run(args) -> int:
         steps = steps_to_run(args, trainer)
         ckpt = run_dir / "checkpoint.safetensors"
         if root:
-            if args.overwrite:
-                folder.clear()
-            if resume:
-                folder.trim_metrics(trainer.steps_done)     # each step's line once, as in the checkpoint
-            save_toml(folder.config, trainer.model_cfg, trainer.train_cfg)
+            folder.begin(trainer, overwrite=args.overwrite, resumed=resume is not None)
             print(f"{trainer!r}\ncorpus {trainer.corpus.source}: {len(trainer.corpus.tokens):,} tokens "
                   f"({trainer.corpus.tokenizer.name} tokenizer)\nrun folder {run_dir}")
             print(_schedule(trainer.train_cfg))

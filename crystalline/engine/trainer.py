@@ -387,9 +387,7 @@ class Trainer:
                 for _ in range(steps):
                     if not self._between_steps(self._stop_before_step):
                         break
-                    if self._stop_before_step():
-                        raise TrainingStopped(f"interrupted before step {self.steps_done}")
-                    results.append(self.step())
+                    results.append(self.step())      # raises TrainingStopped if a stop is pending
                     try:
                         if self._eval_due():
                             self._evaluate_into_history()
