@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["data", "train", "sample", "figures", "lab"]
+COMMANDS = ["data", "train", "sample", "figures", "lab", "watch"]
 
 
 def build_parser() -> argparse.ArgumentParser:
