@@ -15,6 +15,8 @@ _LAZY = {
     "GPT": "crystalline.model.gpt",
     "Hierarchy": "crystalline.engine.hierarchy",
     "Trainer": "crystalline.engine.trainer",
+    "open_run": "crystalline.runs",
+    "RunError": "crystalline.errors",
 }
 
 __all__ = sorted(_LAZY)

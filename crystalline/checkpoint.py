@@ -140,7 +140,7 @@ def load_model(path):
     return model, tokenizer, meta
 
 
-def load_trainer(cls, path, corpus=None, workers=None, sync="lock_free", cache_dir=None):
+def load_trainer(cls, path, corpus=None, workers=None, sync="lock_free", cache_dir=None, run_dir=None):
     """A Trainer restored from `path`, on `corpus` (default: the checkpoint's data source)."""
     from crystalline.data.tokenizers import load_tokenizer
     tensors, meta = read_checkpoint(path)
@@ -152,7 +152,7 @@ def load_trainer(cls, path, corpus=None, workers=None, sync="lock_free", cache_d
             raise DataError(f"the checkpoint's corpus {corpus} is not on this machine; pass corpus=PATH "
                             "(the same text) to Trainer.load or --data to the CLI")
     trainer = cls(model_cfg, train_cfg, corpus, workers=workers or meta["workers"], sync=sync,
-                  cache_dir=cache_dir, tokenizer=tokenizer)
+                  cache_dir=cache_dir, tokenizer=tokenizer, run_dir=run_dir)
     _check_size(path, tensors, trainer.model.num_parameters)
     trainer.model.params[:] = tensors["params"]
     trainer.optimizer.m[:] = tensors["adam_m"]

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["data", "train", "sample", "figures", "lab", "watch"]
+COMMANDS = ["data", "train", "sample", "figures", "lab", "trace", "watch"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,7 +100,7 @@ class DistributedTrainer(Trainer):
 
     def __init__(self, model_cfg, train_cfg, corpus, workers=None, hierarchy=None, sync="lock_free",
                  cache_dir=None, tokenizer=None, comm=None, timeout: float = DEFAULT_TIMEOUT_S,
-                 check_every: int = DEFAULT_CHECK_EVERY):
+                 check_every: int = DEFAULT_CHECK_EVERY, run_dir=None):
         MPI = _mpi()
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.size = self.comm.rank, self.comm.size
@@ -116,7 +116,7 @@ class DistributedTrainer(Trainer):
         self._saved_notes: list = []       # rank 0's pending "checkpoint written" messages
         self._failed = False               # a step raised on this rank
         super().__init__(model_cfg, train_cfg, corpus, workers=workers, hierarchy=hierarchy, sync=sync,
-                         cache_dir=cache_dir, tokenizer=tokenizer)
+                         cache_dir=cache_dir, tokenizer=tokenizer, run_dir=run_dir)
         self._check_same_run()
         self.sync_from_root()
 
@@ -124,6 +124,10 @@ class DistributedTrainer(Trainer):
     def is_root(self) -> bool:
         """True on rank 0: the rank that prints, writes metrics and checkpoints."""
         return self.rank == 0
+
+    def _rank_of(self) -> tuple[int, int]:
+        """Each rank writes its own telemetry file (telemetry-rank<r>.bin) in the shared run folder."""
+        return self.rank, self.size
 
     # ------------------------------------------------------------------ collectives
     def _gate(self, what: str) -> float:
@@ -235,7 +239,7 @@ class DistributedTrainer(Trainer):
 
     @classmethod
     def load(cls, path, corpus=None, workers=None, sync="lock_free", cache_dir=None, comm=None,
-             timeout: float = DEFAULT_TIMEOUT_S, check_every: int = DEFAULT_CHECK_EVERY):
+             timeout: float = DEFAULT_TIMEOUT_S, check_every: int = DEFAULT_CHECK_EVERY, run_dir=None):
         """Every rank reads `path` (a shared file system); rank 0's state is then broadcast.
 
         A checkpoint from a 1-process run resumes on R ranks and vice versa (Trainer.load).
@@ -244,7 +248,8 @@ class DistributedTrainer(Trainer):
 
         def build(*args, **kw):
             return cls(*args, comm=comm, timeout=timeout, check_every=check_every, **kw)
-        trainer = load_trainer(build, path, corpus=corpus, workers=workers, sync=sync, cache_dir=cache_dir)
+        trainer = load_trainer(build, path, corpus=corpus, workers=workers, sync=sync, cache_dir=cache_dir,
+                               run_dir=run_dir)
         trainer.sync_from_root()
         trainer.check_sync()
         return trainer

@@ -19,3 +19,7 @@ class CheckpointError(CrystallineError, ValueError):
 
 class TrainingError(CrystallineError, RuntimeError):
     """Training failed: a sphere raised, or the run was stopped in a way that lost no state."""
+
+
+class RunError(CrystallineError, ValueError):
+    """A run folder, its telemetry or its control file cannot be read or used."""

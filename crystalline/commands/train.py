@@ -5,8 +5,11 @@
     crystalline train --resume runs/squad/checkpoint.safetensors --steps 500
 
 The run folder holds config.toml, metrics.jsonl (one JSON object per step) and
-checkpoint.safetensors (written every --ckpt-interval steps and at the end). Ctrl-C closes the
-progress bar, writes a final consistent checkpoint and exits with code 130.
+checkpoint.safetensors (written every --ckpt-interval steps and at the end), and the telemetry
+that crystalline.open_run reads (telemetry-rank<r>.bin). Ctrl-C closes the progress bar, writes
+a final consistent checkpoint and exits with code 130. A "stop" request in the folder's
+control.json (Run.request("stop")) ends training after the current step, writes the final
+checkpoint and exits with 0; "pause", "resume" and "resize" act between steps too.
 """
 
 from __future__ import annotations
@@ -56,17 +59,18 @@ def _configs(args):
     return model_cfg, train_cfg.replace(**overrides)
 
 
-def _make_trainer(args):
+def _make_trainer(args, run_dir):
     from crystalline.data.corpus import bundled_corpus
     from crystalline.engine.trainer import Trainer
     if args.distributed:
         from crystalline.distributed import DistributedTrainer as Trainer
     if args.resume:
-        return Trainer.load(args.resume, corpus=args.data, workers=args.workers, sync=args.sync)
+        return Trainer.load(args.resume, corpus=args.data, workers=args.workers, sync=args.sync,
+                            run_dir=run_dir)
     model_cfg, train_cfg = _configs(args)
     data = args.data or str(bundled_corpus())
     return Trainer(model_cfg, train_cfg, data, workers=args.workers, sync=args.sync,
-                   tokenizer=args.tokenizer)
+                   tokenizer=args.tokenizer, run_dir=run_dir)
 
 
 def run(args) -> int:
@@ -85,11 +89,14 @@ def _run(args) -> int:
         raise ConfigError(f"--steps {args.steps} is invalid: use a positive number of steps")
     if args.ckpt_interval <= 0:
         raise ConfigError(f"--ckpt-interval {args.ckpt_interval} is invalid: use a positive number")
-    trainer = _make_trainer(args)
-    root = getattr(trainer, "is_root", True)   # under MPI only rank 0 prints and writes files
-    steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
     run_dir = args.run_dir or (args.resume.parent if args.resume else
                                Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.distributed:        # every rank writes its telemetry there: rank 0's name for all
+        from crystalline.distributed import _mpi
+        run_dir = _mpi().COMM_WORLD.bcast(run_dir, root=0)
+    trainer = _make_trainer(args, run_dir)     # its telemetry: run_dir/telemetry-rank<r>.bin
+    root = getattr(trainer, "is_root", True)   # under MPI only rank 0 prints and writes files
+    steps = args.steps or max(1, trainer.train_cfg.max_steps - trainer.steps_done)
     ckpt = run_dir / "checkpoint.safetensors"
     if root:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,11 +113,11 @@ def _run(args) -> int:
             trainer.close()
             trainer.save(ckpt)
     last = trainer.history[-1] if len(trainer.history) else {}
-    state = "interrupted" if interrupted else "done"
+    state = "interrupted" if interrupted else "stopped (control file)" if trainer.stopped_by_control else "done"
     if root:
         print(f"{state} at step {trainer.steps_done}: loss {last.get('loss', float('nan')):.4f}; "
               f"checkpoint {ckpt}")
-        if args.sample > 0 and not interrupted:
+        if args.sample > 0 and not interrupted and not trainer.stopped_by_control:
             _print_sample(trainer, args.sample)
     return EXIT_INTERRUPTED if interrupted else 0
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from crystalline.engine.reduce import reduce_rows, reduction_plan, split_by_group
-from crystalline.engine.stats import FIELD, PHASES, set_phase
+from crystalline.engine.stats import FIELD, PHASES
 
 SYNC_MODES = ("lock_free", "model_lock")
 THREAD_STACK_BYTES = 1 << 20
@@ -85,6 +85,7 @@ class SphereTree:
         self.barrier_b = threading.Barrier(n)
         self.children_done = {c.id: threading.Semaphore(0) for c in hierarchy.controls}
         self.job = Job("exit")
+        self.step_label = 0        # the step the current job's phase intervals belong to
         self.failure: tuple | None = None
         self.aborted = False
         self._fail_lock = threading.Lock()
@@ -126,10 +127,10 @@ class SphereTree:
         values = self.stats.values
         for s in self.hierarchy.spheres:
             phase = PHASES[int(values[s.id, FIELD["phase"]])]
-            if phase in ("computing", "reducing"):
+            if phase in ("compute", "reduce", "update"):
                 report.append({"sphere": s.id, "role": "node_zero" if s.is_node_zero else s.role,
                                "worker": s.worker_index, "group": s.group, "phase": phase,
-                               "not_arrived_at": "B" if phase == "computing" else "the reduction's end",
+                               "not_arrived_at": "B" if phase == "compute" else "the reduction's end",
                                "seconds": now - values[s.id, FIELD["phase_since"]]})
         return report
 
@@ -174,15 +175,15 @@ class SphereTree:
         self.abort()
 
     def _worker_loop(self, sphere) -> None:
-        w, row = sphere.worker_index, self.stats.row(sphere.id)
+        w, row, clock = sphere.worker_index, self.stats.row(sphere.id), self.stats.clock(sphere.id)
         count, ws = int(self.counts[w]), self.workspaces[w]
         x, y, grad = self.inputs[w], self.targets[w], self.grads[w]
         tokens = count * self.model.config.block_size
         while True:
-            t0, t1, job = self._meet_at_a(row)
+            t0, t1, job = self._meet_at_a(clock)
             if job.kind == "exit":
                 return
-            set_phase(row, "computing")
+            clock.enter("compute")
             if count:
                 with self.compute_lock:
                     self._compute(job, ws, x, y, grad, w, tokens)
@@ -194,7 +195,7 @@ class SphereTree:
             row[FIELD["loss"]] = self.loss_sums[w] / tokens if count else np.nan
             row[FIELD["compute_s"]] += t2 - t1
             row[FIELD["wait_a_s"]] += t1 - t0
-            set_phase(row, "at_b")
+            clock.enter("wait_b")
             self.barrier_b.wait()
             t3 = time.perf_counter()
             row[FIELD["wait_b_s"]] += t3 - t2
@@ -202,12 +203,14 @@ class SphereTree:
             row[FIELD["tokens_per_s"]] = tokens / (t3 - t0)
             row[FIELD["updated"]] = time.time()
 
-    def _meet_at_a(self, row) -> tuple[float, float, Job]:
+    def _meet_at_a(self, clock) -> tuple[float, float, Job]:
         """Wait at Point A; (arrival time, release time, the job Node Zero handed out)."""
-        set_phase(row, "at_a")
+        clock.enter("wait_a")
         t0 = time.perf_counter()
         self.barrier_a.wait()
-        return t0, time.perf_counter(), self.job
+        t1 = time.perf_counter()
+        clock.step = self.step_label
+        return t0, t1, self.job
 
     def _compute(self, job, ws, x, y, grad, w, tokens) -> None:
         loss = self.model.forward_into(ws, x, y)
@@ -217,16 +220,17 @@ class SphereTree:
 
     def _control_loop(self, sphere) -> None:
         row, done = self.stats.row(sphere.id), self.children_done[sphere.id]
+        clock = self.stats.clock(sphere.id)
         parent_done = self.children_done[sphere.parent.id]
         n_control_children = sum(c.role == "control" for c in sphere.children)
         while True:
-            t0, t1, job = self._meet_at_a(row)
+            t0, t1, job = self._meet_at_a(clock)
             if job.kind == "exit":
                 return
-            set_phase(row, "at_b")
+            clock.enter("wait_b")
             self.barrier_b.wait()
             t2 = time.perf_counter()
-            set_phase(row, "reducing")
+            clock.enter("reduce")
             if job.kind == "train":
                 if not self._reduce(sphere, done, n_control_children):
                     return
@@ -259,7 +263,8 @@ class SphereTree:
                     self.barrier_a.wait()
                 return
             try:
-                outcome = self._node_zero_step(job, row, done, n_control_children)
+                outcome = self._node_zero_step(job, row, self.stats.clock(sphere.id), done,
+                                               n_control_children)
             except threading.BrokenBarrierError:
                 outcome = Outcome(failure=self.failure, aborted=self.aborted)
             except BaseException as exc:   # noqa: BLE001
@@ -269,21 +274,23 @@ class SphereTree:
             if outcome.failure is not None or outcome.aborted:
                 return
 
-    def _node_zero_step(self, job, row, done, n_control_children) -> Outcome:
-        set_phase(row, "reducing")
+    def _node_zero_step(self, job, row, clock, done, n_control_children) -> Outcome:
+        # Validation passes are recorded under the training step they follow.
+        clock.step = job.step if job.kind == "train" else self.stats.step - 1
+        clock.enter("update")
         t0 = time.perf_counter()
         for w, (start, count) in enumerate(zip(self.starts, self.counts)):
             if count:
                 job.batches.fill(job.step, int(start), int(count), self.inputs[w], self.targets[w])
-        self.job = job
+        self.job, self.step_label = job, clock.step
         t1 = time.perf_counter()
-        set_phase(row, "at_a")
+        clock.enter("wait_a")
         self.barrier_a.wait()
         t2 = time.perf_counter()
-        set_phase(row, "at_b")
+        clock.enter("wait_b")
         self.barrier_b.wait()
         t3 = time.perf_counter()
-        set_phase(row, "reducing")
+        clock.enter("reduce")
         loss_sum = float(self.loss_sums.sum())
         result = None
         if job.kind == "train":
@@ -293,11 +300,12 @@ class SphereTree:
             t4 = time.perf_counter()
             if self.aborted:
                 return Outcome(failure=self.failure, aborted=True)
+            clock.enter("update")
             result = self.update(grad, loss_sum)
         else:
             t4 = t3
         t5 = time.perf_counter()
-        set_phase(row, "idle")
+        clock.enter("idle")
         row[FIELD["wait_a_s"]] += t2 - t1
         row[FIELD["wait_b_s"]] += t3 - t2
         row[FIELD["reduce_s"]] += (t1 - t0) + (t5 - t3)

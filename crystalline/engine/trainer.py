@@ -6,6 +6,11 @@
     tr.start(); tr.pause(); tr.resume(); tr.stop()    # background training for notebooks
     tr.resize(workers=12)            # between steps; parameters and AdamW state kept
     tr.stats.snapshot(); tr.history; tr.save(path); Trainer.load(path)
+    tr.timeline(last=50)             # per-sphere phase intervals (compute, wait at A / B, ...)
+
+Trainer(..., run_dir=path) also writes the stats and phase rings to a telemetry file in that
+folder (crystalline.open_run reads it from any process) and acts on the folder's control.json
+between steps (pause / resume / stop / resize, see engine/control.py).
 
 One step on any tree equals one single-thread step on the same global batch: sequences are
 chosen by (seed, step, index) whatever the worker count, losses are summed per token, and the
@@ -35,12 +40,15 @@ from crystalline.data.corpus import Corpus, load_corpus
 from crystalline.engine.hierarchy import Hierarchy
 from crystalline.engine.optimizer import AdamW, learning_rate
 from crystalline.engine.spheres import SYNC_MODES, Job, SphereTree
+from crystalline.engine.control import ControlReader
 from crystalline.engine.stats import FIELD, History, SphereStats, group_tokens_per_s, slowest_group
+from crystalline.engine.telemetry import remove_other_ranks, telemetry_path
 from crystalline.errors import ConfigError, TrainingError
 from crystalline.model.gpt import GPT
 
 VAL_FRACTION = 0.1
 MAX_SKIPPED_IN_A_ROW = 10     # non-finite gradients this many steps running stop the run
+CONTROL_POLL_S = 0.05         # while paused by the control file, how often it is read again
 log = logging.getLogger(__name__)
 
 
@@ -102,11 +110,12 @@ class Trainer:
     corpus: a path (text file, folder, "squad:PATH") or a loaded Corpus; tokenizer: None/"byte",
     "word", a tokenizer JSON path or a Tokenizer. The model's vocab_size is taken from the
     tokenizer. workers: worker spheres (default: this machine's cores), or pass a Hierarchy.
+    run_dir: a folder for the telemetry file (and the control file); None keeps stats in memory.
     """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, corpus, workers: int | None = None,
                  hierarchy: Hierarchy | None = None, sync: str = "lock_free", cache_dir=None,
-                 tokenizer=None):
+                 tokenizer=None, run_dir=None):
         if sync not in SYNC_MODES:
             raise ConfigError(f"sync={sync!r} is not a sync mode; use one of {list(SYNC_MODES)}")
         self.corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus, tokenizer, cache_dir)
@@ -130,7 +139,14 @@ class Trainer:
         self.val_batches = Batches(val_tokens, T, B, train_cfg.seed + 1) if len(val_tokens) > T + 1 else None
         self.history = History()
         self.hierarchy = self._make_hierarchy(workers, hierarchy)
-        self.stats = SphereStats(self.hierarchy)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.stats = self._new_stats(self.hierarchy)
+        # A single-process run with a run folder takes requests from its control file.
+        self._control = ControlReader(self.run_dir) \
+            if self.run_dir is not None and self._rank_of()[1] == 1 else None
+        self.stats.reads_control = self._control is not None
+        self._control_paused = False
+        self.stopped_by_control = False   # the last run ended on a "stop" request
         self._tree: SphereTree | None = None
         self._blas_limit = None
         self._step_lock = threading.RLock()
@@ -156,6 +172,19 @@ class Trainer:
             raise ConfigError(f"workers={workers!r} is invalid: use an integer from 1 to {MAX_WORKERS}")
         return Hierarchy.for_workers(int(workers))
 
+    def _rank_of(self) -> tuple[int, int]:
+        """(this process's rank, ranks): (0, 1) here; crystalline.distributed overrides it."""
+        return 0, 1
+
+    def _new_stats(self, hierarchy: Hierarchy) -> SphereStats:
+        """Stats for `hierarchy`, in the run folder's telemetry file if there is one."""
+        rank, ranks = self._rank_of()
+        path = None if self.run_dir is None else telemetry_path(self.run_dir, rank)
+        previous = getattr(self, "stats", None)
+        if path is not None and previous is None and rank == 0:
+            remove_other_ranks(self.run_dir, ranks)
+        return SphereStats(hierarchy, path, rank, ranks, previous=previous)
+
     @property
     def workers(self) -> int:
         return len(self.hierarchy.workers)
@@ -166,7 +195,7 @@ class Trainer:
         with self._step_lock:
             self._close_tree()
             self.hierarchy = new
-            self.stats = SphereStats(new)
+            self.stats = self._new_stats(new)
 
     # ------------------------------------------------------------------ steps
     def _ensure_tree(self) -> SphereTree:
@@ -284,16 +313,20 @@ class Trainer:
         on_step: optional callable(history record), called after each step (and its validation).
         A stalled step shows on the bar which sphere has not arrived at which barrier. Ctrl-C
         (in the main thread) or interrupt() ends it with TrainingStopped; the parameters are
-        those after the last completed step.
+        those after the last completed step. With a run folder, a "stop" request in its control
+        file ends it early (stopped_by_control; the results so far are returned).
         """
         from tqdm.auto import tqdm
-        results, previous = [], self.on_stall
-        self._interrupted = False
+        results, previous, finished = [], self.on_stall, False
+        self._interrupted = self.stopped_by_control = False
+        self.stats.state = "paused" if self._control_paused else "running"
         with _ctrl_c_interrupts(self), \
                 tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
             self.on_stall = lambda stall: bar.set_postfix_str(_stall_text(stall))
             try:
                 for _ in range(steps):
+                    if not self._between_steps(lambda: self._interrupted):
+                        break
                     if self._interrupted:
                         raise TrainingStopped(f"interrupted before step {self.steps_done}")
                     results.append(self.step())
@@ -308,8 +341,12 @@ class Trainer:
                     bar.update(1)
                     if on_step is not None:
                         on_step(record)
+                else:
+                    finished = True
             finally:
                 self.on_stall = previous
+                self._control_paused = False
+                self.stats.state = "finished" if finished else "stopped"
         return results
 
     def _eval_due(self) -> bool:
@@ -320,6 +357,42 @@ class Trainer:
         val = self.evaluate()
         self.history[-1]["val_loss"] = val
         return val
+
+    def timeline(self, last: int = 50) -> dict[str, np.ndarray]:
+        """Per-sphere phase intervals of the last `last` steps of the current tree: equal-length
+        arrays sphere, rank, step, phase (stats.PHASES names), start, end (time.time() seconds),
+        sorted by start."""
+        return self.stats.timeline(last)
+
+    # ------------------------------------------------------------------ control file
+    def _between_steps(self, stopping) -> bool:
+        """Act on a new request in the run folder's control file; while paused by one, wait
+        (reading the file again every CONTROL_POLL_S) until stopping() or a request ends it.
+        False: a stop request ends the loop."""
+        if self._control is None:
+            return True
+        while True:
+            request = self._control.poll()
+            if request is not None:
+                self._act_on(request)
+            if not self._control_paused or stopping():
+                return not self.stopped_by_control
+            time.sleep(CONTROL_POLL_S)
+
+    def _act_on(self, request: dict) -> None:
+        action, error = request["action"], None
+        if action == "pause":
+            self._control_paused, self.stats.state = True, "paused"
+        elif action == "resume":
+            self._control_paused, self.stats.state = False, "running"
+        elif action == "stop":
+            self._control_paused, self.stopped_by_control = False, True
+        else:
+            try:
+                self.resize(workers=request.get("workers"))
+            except ConfigError as e:
+                error = str(e)
+        self._control.reply(request, error)
 
     def slowest_group(self) -> int:
         """The top-level group with the lowest tokens/s in the last step (-1 before any step)."""
@@ -339,10 +412,12 @@ class Trainer:
 
     def _drive(self, steps: int | None) -> None:
         done = 0
+        self.stopped_by_control = False
+        self.stats.state = "running"
         try:
             while (steps is None or done < steps) and not self._stop_requested.is_set():
                 self._running.wait()
-                if self._stop_requested.is_set():
+                if not self._between_steps(self._stop_requested.is_set) or self._stop_requested.is_set():
                     break
                 self.step()
                 if self._eval_due():
@@ -352,6 +427,9 @@ class Trainer:
             pass
         except BaseException as exc:   # noqa: BLE001 - kept for the notebook to show
             self.driver_error = exc
+        finally:
+            self._control_paused = False
+            self.stats.state = "finished" if steps is not None and done >= steps else "stopped"
 
     @property
     def running(self) -> bool:
@@ -369,9 +447,13 @@ class Trainer:
     def pause(self) -> None:
         """Finish the current step, then wait until resume()."""
         self._running.clear()
+        if self._driver is not None and self._driver.is_alive():
+            self.stats.state = "paused"
 
     def resume(self) -> None:
         self._running.set()
+        if self._driver is not None and self._driver.is_alive():
+            self.stats.state = "running"
 
     def stop(self) -> None:
         """Stop background training promptly: an in-flight step is abandoned before its update.
@@ -417,10 +499,11 @@ class Trainer:
 
     @classmethod
     def load(cls, path, corpus=None, workers: int | None = None, sync: str = "lock_free",
-             cache_dir=None) -> "Trainer":
+             cache_dir=None, run_dir=None) -> "Trainer":
         """Rebuild a trainer from a checkpoint; training continues exactly where it stopped."""
         from crystalline.checkpoint import load_trainer
-        return load_trainer(cls, path, corpus=corpus, workers=workers, sync=sync, cache_dir=cache_dir)
+        return load_trainer(cls, path, corpus=corpus, workers=workers, sync=sync, cache_dir=cache_dir,
+                            run_dir=run_dir)
 
     def __repr__(self) -> str:
         return (f"Trainer({self.model.num_parameters:,} parameters, {self.workers} workers, "
