@@ -65,7 +65,7 @@ def fake_snapshot(workers: int, tokens_per_s, slowdown=None) -> dict:
 
 def a_pull(snap, h, records=(), steps=1, timeline=None, state="running"):
     return Pull(snap, list(records), len(records), timeline, state, steps,
-                int((snap["role"] == "worker").sum()), 1, h)
+                int((snap["role"] == "worker").sum()), 1, [h])
 
 
 def timeline_of(intervals):
@@ -88,8 +88,8 @@ class FakeRun:
         self.requests = []
 
     @property
-    def hierarchy(self):
-        return self.trainer.hierarchy
+    def hierarchies(self):
+        return [self.trainer.hierarchy]
 
     def snapshot(self):
         return {**self.trainer.stats.snapshot(), "rank": np.zeros(len(self.trainer.hierarchy))}
@@ -105,6 +105,11 @@ class FakeRun:
 
 
 # ---------------------------------------------------------------------------- the data
+def test_the_phase_vocabulary_is_the_engines():
+    from crystalline.engine.stats import PHASES as ENGINE_PHASES
+    assert PHASES == ENGINE_PHASES
+
+
 def test_group_load_shares_levels_and_the_fair_share():
     snap, _ = fake_snapshot(3, [1000.0, 1000.0, 500.0])     # share 0.2 of fair 1/3: straggler
     load = D.group_load(snap)
@@ -233,6 +238,10 @@ def test_what_the_browser_receives_after_steps(trainer, dashboard):
     assert dashboard.tree_layout["label"] == ["N0", "w0", "w1", "w2"]
     assert dashboard.tree["bytes"] == [int(b) for b in trainer.stats.snapshot()["bytes"]]
     assert dashboard.split["labels"] == ["N0", "w0", "w1", "w2"]
+    assert dashboard.errors == {}
+    stream = dashboard.stream                                  # the trainer's phase timeline
+    assert sorted(set(stream["step"])) == [0, 1, 2] and stream["labels"] == ["N0", "w0", "w1", "w2"]
+    assert {w["label"] for w in stream["waited_for"]} <= {"w0", "w1", "w2"}
     # Once the status line shows steps, no panel says it waits for the first one.
     for name in ("groups", "curves", "split", "stream"):
         assert "waiting" not in json.dumps(getattr(dashboard, name)), name
@@ -315,6 +324,37 @@ def test_a_live_run_is_controlled_through_its_control_file(trainer):
     dash.refresh()
     assert dash.actions == [] and not dash.act("stop")
     assert run.requests[-1] == ("resize", {"workers": 7})
+
+
+def test_pause_through_the_control_file_of_a_real_run_folder(shakespeare, tmp_path):
+    """A Trainer writing a run folder, watched as a Run (what `crystalline watch` does): pause
+    from the dashboard goes through control.json and holds the step count."""
+    from crystalline.runs import open_run
+    model_cfg, train_cfg = preset("tiny")
+    with Trainer(model_cfg, train_cfg.replace(eval_interval=0), shakespeare, workers=2,
+                 run_dir=tmp_path) as tr:
+        tr.start()
+        dash = Dashboard(open_run(tmp_path), refresh_hz=10)
+        wait_for(lambda: tr.steps_done >= 2, what="two steps")
+        dash.refresh()
+        assert dash.actions == ["pause", "stop", "resize"] and dash.status["kind"] == "run folder"
+        assert dash.act("pause")
+        wait_for(lambda: open_run(tmp_path).state == "paused", what="the run to pause")
+        held = tr.steps_done
+        dash.start_monitor()
+        seen = dash.refreshes
+        wait_for(lambda: dash.refreshes >= seen + 5, what="five refreshes while paused")
+        assert tr.steps_done == held and dash.status["state"] == "paused"
+        assert dash.actions == ["resume", "stop", "resize"]
+        assert dash.tree_layout["label"] == ["N0", "w0", "w1"]
+        stream = dash.stream
+        assert stream["row"] and set(stream["labels"]) == {"N0", "w0", "w1"}
+        assert {PHASES[p] for p in stream["phase"]} >= {"compute", "wait_b", "update"}
+        assert dash.act("resume")
+        wait_for(lambda: tr.steps_done > held, what="steps after resume")
+        assert dash.act("stop")
+        wait_for(lambda: not tr.running, what="the run to stop")
+        dash.close()
 
 
 def test_a_finished_run_replays_without_controls(trainer):

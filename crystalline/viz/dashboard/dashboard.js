@@ -266,10 +266,9 @@ function render({ model, el }) {
     const L = model.get("tree_layout"), T = model.get("tree");
     treeHits = [];
     if (!L.id || !T.ratio || T.generation !== L.generation) return;
-    const depth = Math.max(1, ...L.level);
-    const size = Math.min(W, H - 24);
-    const scale = size / (2 * depth + 1.1);
-    const cx = W / 2, cy = (H - 24) / 2;
+    const [ex0, ex1, ey0, ey1] = L.extent;
+    const scale = Math.min(W / (ex1 - ex0), (H - 24) / (ey1 - ey0));
+    const cx = W / 2 - ((ex0 + ex1) / 2) * scale, cy = (H - 24) / 2 + ((ey0 + ey1) / 2) * scale;
     const at = (i) => [cx + L.x[i] * scale, cy - L.y[i] * scale];
     ctx.strokeStyle = "rgba(150,150,150,0.6)"; ctx.lineWidth = 0.8;
     L.id.forEach((id, i) => {
@@ -278,10 +277,10 @@ function render({ model, el }) {
       ctx.beginPath(); ctx.moveTo(px, py); ctx.lineTo(x, y); ctx.stroke();
     });
     const counts = {};
-    L.level.forEach((lv) => { counts[lv] = (counts[lv] || 0) + 1; });
+    L.level.forEach((lv, i) => { const key = L.rank[i] + ":" + lv; counts[key] = (counts[key] || 0) + 1; });
     L.id.forEach((id, i) => {
       const lv = L.level[i];
-      const gap = lv === 0 ? 40 : (2 * Math.PI * lv * scale) / counts[lv];
+      const gap = lv === 0 ? 40 : (2 * Math.PI * lv * scale) / counts[L.rank[i] + ":" + lv];
       const r = Math.max(2, Math.min(lv === 0 ? 14 : lv === 1 ? 11 : 8, gap * 0.42));
       const [x, y] = at(i);
       const role = L.role[i];
@@ -297,7 +296,7 @@ function render({ model, el }) {
       if (lv <= 1 && r >= 9) {
         ctx.fillStyle = "#111"; ctx.textAlign = "center"; ctx.textBaseline = "middle";
         ctx.font = "10px system-ui, sans-serif";
-        ctx.fillText(role === "worker" ? L.label[i] : lv === 0 ? "N0" : "g" + L.group[i], x, y);
+        ctx.fillText(role === "worker" ? L.label[i].split(":").pop() : lv === 0 ? "N0" : "g" + L.group[i], x, y);
         ctx.font = FONT;
       }
       treeHits.push({ i, x, y, r: Math.max(r, 5) });

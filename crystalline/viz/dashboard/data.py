@@ -28,15 +28,25 @@ GROUPS = 12
 NOISE = 0.05        # a group is "slowest" only when it runs this far below the median group
 
 
+def ranks_of(snap: dict) -> np.ndarray:
+    """The MPI rank of each row (a Run's snapshot has a "rank" column; a Trainer's is rank 0)."""
+    return np.asarray(snap.get("rank", np.zeros(len(snap["role"]), dtype=np.int64)))
+
+
 def sphere_order(snap: dict) -> np.ndarray:
-    """Sphere ids for a per-sphere axis: Node Zero, the controls by id, the workers by index."""
+    """Rows for a per-sphere axis: per rank, Node Zero, the controls by id, the workers by index."""
     is_worker = snap["role"] == "worker"
-    return np.lexsort((snap["worker_index"], np.asarray(snap["sphere_id"]) * ~is_worker, is_worker))
+    return np.lexsort((snap["worker_index"], np.asarray(snap["sphere_id"]) * ~is_worker, is_worker,
+                       ranks_of(snap)))
 
 
 def sphere_labels(snap: dict) -> list[str]:
-    """N0, c<id>, w<worker index> per sphere id (crystalline.viz.style.sphere_label)."""
-    return [sphere_label(r, i, w) for i, (r, w) in enumerate(zip(snap["role"], snap["worker_index"]))]
+    """Per row: N0, c<id>, w<worker index> (crystalline.viz.style.sphere_label), prefixed
+    r<rank>: when the snapshot holds several MPI ranks."""
+    ranks = ranks_of(snap)
+    prefix = len(set(ranks.tolist())) > 1
+    return [(f"r{k}:" if prefix else "") + sphere_label(r, i, w)
+            for k, i, r, w in zip(ranks, snap["sphere_id"], snap["role"], snap["worker_index"])]
 
 
 # ---------------------------------------------------------------------- group load
@@ -121,18 +131,11 @@ def _finite(x) -> float | None:
 
 
 # ---------------------------------------------------------------------- tree
-# The engine's live phase names (engine.stats.PHASES) in the presentation's vocabulary.
-ENGINE_PHASES = {"at_a": "wait_a", "computing": "compute", "at_b": "wait_b", "reducing": "reduce"}
-
-
 def phase_names(snap: dict) -> list[str]:
-    """Per sphere, the phase it is in now (names of style.PHASES)."""
-    from crystalline.engine.stats import PHASES as ENGINE
-    names = []
-    for index in np.asarray(snap["phase"], dtype=float):
-        name = ENGINE[int(index)] if 0 <= index < len(ENGINE) else "idle"
-        names.append(ENGINE_PHASES.get(name, name))
-    return names
+    """Per sphere, the phase it is in now (names of style.PHASES, which the engine's stats
+    column indexes: engine.stats.PHASES is the same tuple)."""
+    return [PHASES[int(i)] if 0 <= i < len(PHASES) else "idle"
+            for i in np.asarray(snap["phase"], dtype=float)]
 
 
 def throughput_ratio(snap: dict) -> np.ndarray:
@@ -166,28 +169,54 @@ def tree_layout(hierarchy, rank: int = 0, exact: bool = False) -> dict[str, list
             "y": [round(pos[s.id][1], digits) if digits else pos[s.id][1] for s in spheres]}
 
 
+def cluster_tree_layout(hierarchies: list) -> dict[str, list]:
+    """tree_layout of every rank's tree side by side (rank k shifted right), rows in snapshot
+    order (rank 0's spheres by id, then rank 1's, ...): `parent` indexes these rows; extent
+    is (x min, x max, y min, y max) for the view to fit."""
+    out: dict[str, list] = {}
+    shift, first_row = 0.0, 0
+    for rank, h in enumerate(hierarchies):
+        part = tree_layout(h, rank)
+        radius = max(1, h.depth) + 0.6
+        part["x"] = [round(x + shift + radius, 4) for x in part["x"]]
+        part["parent"] = [p + first_row if p >= 0 else -1 for p in part["parent"]]
+        if len(hierarchies) > 1:
+            part["label"] = [f"r{rank}:{label}" for label in part["label"]]
+        for key, values in part.items():
+            out.setdefault(key, []).extend(values)
+        shift += 2 * radius
+        first_row += len(h)
+    depth = max((max(1, h.depth) for h in hierarchies), default=1) + 0.6
+    out["extent"] = [0.0, shift, -depth, depth]
+    return out
+
+
 # ---------------------------------------------------------------------- task stream
 def task_stream(timeline: dict, snap: dict, steps: int = 5) -> dict:
     """The last `steps` steps of a phase timeline as Gantt rows.
 
-    timeline: equal-length arrays sphere, step, phase (names of style.PHASES), start, end
-    (seconds). Returns rows (sphere ids, Node Zero first, then controls, then workers), labels,
+    timeline: equal-length arrays sphere, rank, step, phase (names of style.PHASES), start, end
+    (seconds). Returns rows (snapshot rows: per rank Node Zero, controls, workers), labels,
     t0 (seconds), and per interval: row, phase (index into PHASES), step, start_ms, end_ms
     (from t0); and waited_for: per step, the sphere that reached Point B last (everyone else
     waited for it) with how long the first arrival waited, in ms.
     """
     order = [int(i) for i in sphere_order(snap)]
     labels = sphere_labels(snap)
+    row_of_sphere = {(int(k), int(i)): row for row, (k, i)
+                     in enumerate(zip(ranks_of(snap), snap["sphere_id"]))}
     empty = {"rows": order, "labels": [labels[i] for i in order], "t0": 0.0, "row": [],
              "phase": [], "step": [], "start_ms": [], "end_ms": [], "waited_for": []}
     if timeline is None or not len(timeline.get("step", ())):
         return empty
     step = np.asarray(timeline["step"], dtype=np.int64)
+    rank = np.asarray(timeline.get("rank", np.zeros(len(step))), dtype=np.int64)
     keep = step >= step.max() - steps + 1
-    sphere = np.asarray(timeline["sphere"], dtype=np.int64)[keep]
-    known = sphere < len(labels)
+    rows = np.array([row_of_sphere.get((int(k), int(i)), -1)
+                     for k, i in zip(rank[keep], np.asarray(timeline["sphere"])[keep])], dtype=np.int64)
+    known = rows >= 0                                 # not a sphere of the tree drawn (a resize)
     keep_idx = np.flatnonzero(keep)[known]
-    sphere, step = sphere[known], step[keep_idx]
+    sphere, step = rows[known], step[keep_idx]
     phase = np.asarray(timeline["phase"])[keep_idx]
     start = np.asarray(timeline["start"], dtype=float)[keep_idx]
     end = np.asarray(timeline["end"], dtype=float)[keep_idx]

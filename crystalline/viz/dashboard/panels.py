@@ -162,6 +162,8 @@ class TimeSplitPanel(Panel):
             else:
                 return None
         seconds = D.time_split(self._baseline, snap, self._steps)
+        if any((v < 0).any() for v in seconds.values()):    # a restarted run: its counters are new
+            seconds = D.time_split(None, snap, self._steps)
         self._baseline = {c: np.asarray(snap[c], dtype=float).copy() for c in TIME_COLUMNS}
         steps, self._steps = self._steps, 0
         order = D.sphere_order(snap)
@@ -187,11 +189,12 @@ class TreePanel(Panel):
 
     def compute(self, pull):
         snap = pull.snapshot
-        if pull.hierarchy is None or len(pull.hierarchy) != len(snap["role"]):
+        if sum(len(h) for h in pull.hierarchies) != len(snap["role"]):
             return None                     # caught mid-resize: the next pull sees the new tree
         if pull.generation != self._generation:
             self._generation = pull.generation
-            self.layout = {**D.tree_layout(pull.hierarchy), "generation": str(pull.generation)}
+            self.layout = {**D.cluster_tree_layout(pull.hierarchies),
+                           "generation": str(pull.generation)}
         return {"generation": str(pull.generation),
                 "tokens_per_s": _round(snap["tokens_per_s"]),
                 "ratio": _round(D.throughput_ratio(snap), 3),

@@ -31,7 +31,7 @@ class Pull:
     steps: int
     workers: int
     generation: object
-    hierarchy: object
+    hierarchies: list           # the tree of each rank (one for a Trainer)
     error: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -87,7 +87,7 @@ class TrainerSource:
         timeline = read_timeline(tr, last_steps)
         error = tr.driver_error
         return Pull(snapshot, records, cursor, timeline, tr.state, tr.steps_done, tr.workers,
-                    self._generation, hierarchy,
+                    self._generation, [hierarchy],
                     None if error is None else f"{type(error).__name__}: {error}")
 
     def actions(self) -> list[str]:
@@ -136,13 +136,13 @@ class RunSource:
         history = run.history()
         records = history[cursor:] if cursor <= len(history) else history
         timeline = read_timeline(run, last_steps)
-        hierarchy = run.hierarchy
+        hierarchies = run.hierarchies
         workers = int((snapshot["role"] == "worker").sum())
         state = run.state
         steps = int(history[-1]["step"]) + 1 if history else 0
-        generation = (snapshot.get("generation"), len(snapshot["role"]))
+        generation = hash((snapshot["parent"].tobytes(), snapshot["rank"].tobytes()))   # the shape
         return Pull(snapshot, records, len(history), timeline, state, steps, workers, generation,
-                    hierarchy)
+                    hierarchies)
 
     def actions(self) -> list[str]:
         run = self.run
