@@ -90,6 +90,11 @@ class TrainerSource:
                     self._generation, [hierarchy],
                     None if error is None else f"{type(error).__name__}: {error}")
 
+    @property
+    def ended(self) -> bool:
+        """Nothing more will change (a Trainer can always be started again)."""
+        return False
+
     def actions(self) -> list[str]:
         state = self.trainer.state
         return (["pause", "stop", "resize"] if state == "running" else
@@ -143,6 +148,11 @@ class RunSource:
         generation = hash((snapshot["parent"].tobytes(), snapshot["rank"].tobytes()))   # the shape
         return Pull(snapshot, records, len(history), timeline, state, steps, workers, generation,
                     hierarchies)
+
+    @property
+    def ended(self) -> bool:
+        """The writing process has ended: a last pull shows everything there is."""
+        return not self.run.alive
 
     def actions(self) -> list[str]:
         run = self.run

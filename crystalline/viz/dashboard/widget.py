@@ -6,6 +6,8 @@
     dash.refresh(); dash.status               # one pull, and the data the status line draws
     dash.close()                              # stop the monitor (training goes on)
 
+The monitor of a run folder ends by itself after the pull that sees the run's process gone.
+
 One monitor thread pulls from the source `refresh_hz` times a second (stats snapshot, new
 history records, the phase timeline), hands the pull to each panel (panels.py) and sets the
 traits whose data changed, in one message; the browser draws them. Nothing is rendered in
@@ -93,8 +95,8 @@ class Dashboard(anywidget.AnyWidget):
             self.message = {"text": str(exc), "error": True}
             return False
         self.message = {"text": text, "error": False}
-        if action == "stop":
-            self.close_monitor()
+        if action == "stop" and self.source.kind == "in-process":
+            self.close_monitor()          # stopped now; a run folder's monitor sees it end
         elif action in ("start", "resume"):
             self.start_monitor()
         self.refresh()
@@ -127,11 +129,15 @@ class Dashboard(anywidget.AnyWidget):
         return self._monitor is not None and self._monitor.is_alive()
 
     def _watch(self):
+        """Pull every period until closed, or until a watched run has ended (one last pull)."""
         while not self._stop_monitor.wait(self.period):
+            ended = self.source.ended
             try:
                 self.refresh()
             except Exception:         # noqa: BLE001 - the monitor must outlive any one pull
                 logger.exception("dashboard refresh failed")
+            if ended:
+                break
 
     def close_monitor(self) -> None:
         """Stop the monitor thread and wait for it; training is left as it is."""
