@@ -1,7 +1,8 @@
 // The crystalline dashboard, drawn in the browser from the small dicts the kernel sends.
 //
 // Traits (see widget.py): palette (colours and names, from crystalline.viz.style), status,
-// groups, curves, split, tree_layout, tree, stream, actions, message, errors.
+// groups, curves (+ curves_recent: the steps since), split, tree_layout, tree, stream, actions,
+// message, errors.
 // Panels: status line, controls, group load bars (HTML), loss / tokens/s / memory curves
 // (canvas; wheel zooms, drag pans, double-click resets), time split (canvas), the sphere tree
 // (canvas; hover shows a sphere), the task stream (canvas; hover shows an interval).
@@ -524,12 +525,13 @@ function render({ model, el }) {
     splitCanvas.redraw();
   };
   const drawCurves = () => {
-    const C = model.get("curves");
-    const x = C.step || [];
-    lossChart.set({ x, cut: C.cut, series: [{ y: C.loss || [], color: "#1f77b4" },
-      { x: C.val_step || [], y: C.val_loss || [], color: "#d62728", dots: true }] }, C.note || "");
-    tpsChart.set({ x, cut: C.cut, series: [{ y: C.tokens_per_s || [], color: "#2ca02c" }] }, C.note || "");
-    memChart.set({ x, cut: C.cut, series: [{ y: C.rss_mib || [], color: "#9467bd" }] }, C.note || "");
+    const base = model.get("curves"), recent = model.get("curves_recent");
+    const join = (k) => (base[k] || []).concat(recent[k] || []);
+    const x = join("step"), cut = join("cut"), note = base.note || "";
+    lossChart.set({ x, cut, series: [{ y: join("loss"), color: "#1f77b4" },
+      { x: join("val_step"), y: join("val_loss"), color: "#d62728", dots: true }] }, note);
+    tpsChart.set({ x, cut, series: [{ y: join("tokens_per_s"), color: "#2ca02c" }] }, note);
+    memChart.set({ x, cut, series: [{ y: join("rss_mib"), color: "#9467bd" }] }, note);
   };
   const drawStream = () => {
     const S = model.get("stream");
@@ -542,7 +544,7 @@ function render({ model, el }) {
   };
   const handlers = { status: drawStatus, actions: drawActions, message: drawMessage, errors: drawErrors,
                      groups: drawGroups, tree_layout: drawTree, tree: drawTree, split: drawSplit,
-                     curves: drawCurves, stream: drawStream };
+                     curves: drawCurves, curves_recent: drawCurves, stream: drawStream };
   for (const [name, fn] of Object.entries(handlers)) model.on("change:" + name, fn);
   const onResize = () => drawAll();
   const drawAll = () => Object.values(handlers).forEach((fn) => fn());

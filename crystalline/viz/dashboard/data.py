@@ -192,13 +192,13 @@ def cluster_tree_layout(hierarchies: list) -> dict[str, list]:
 
 
 # ---------------------------------------------------------------------- task stream
-def task_stream(timeline: dict, snap: dict, steps: int = 5) -> dict:
-    """The last `steps` steps of a phase timeline as Gantt rows.
+def task_stream(timeline: dict, snap: dict, steps: int = 5, before: int | None = None) -> dict:
+    """The last `steps` steps of a phase timeline (those < `before`, if given) as Gantt rows.
 
     timeline: equal-length arrays sphere, rank, step, phase (names of style.PHASES), start, end
-    (seconds). Returns rows (snapshot rows: per rank Node Zero, controls, workers), labels,
+    (seconds); the in-flight step is left out by passing before=steps done. Returns rows (snapshot rows: per rank Node Zero, controls, workers), labels,
     t0 (seconds), and per interval: row, phase (index into PHASES), step, start_ms, end_ms
-    (from t0); and waited_for: per step, the sphere that reached Point B last (everyone else
+    (from t0, to 0.1 ms); and waited_for: per step, the sphere that reached Point B last (everyone else
     waited for it) with how long the first arrival waited, in ms.
     """
     order = [int(i) for i in sphere_order(snap)]
@@ -211,7 +211,10 @@ def task_stream(timeline: dict, snap: dict, steps: int = 5) -> dict:
         return empty
     step = np.asarray(timeline["step"], dtype=np.int64)
     rank = np.asarray(timeline.get("rank", np.zeros(len(step))), dtype=np.int64)
-    keep = step >= step.max() - steps + 1
+    done = step < before if before is not None else np.ones(len(step), dtype=bool)
+    if not done.any():
+        return empty
+    keep = done & (step >= step[done].max() - steps + 1)
     rows = np.array([row_of_sphere.get((int(k), int(i)), -1)
                      for k, i in zip(rank[keep], np.asarray(timeline["sphere"])[keep])], dtype=np.int64)
     known = rows >= 0                                 # not a sphere of the tree drawn (a resize)
@@ -233,11 +236,11 @@ def task_stream(timeline: dict, snap: dict, steps: int = 5) -> dict:
             last = int(np.argmax(arrivals))
             waited_for.append({"step": int(s), "sphere": int(sphere[at_b][last]),
                                "label": labels[int(sphere[at_b][last])],
-                               "ms": round(1e3 * float(arrivals.max() - arrivals.min()), 2)})
+                               "ms": round(1e3 * float(arrivals.max() - arrivals.min()), 1)})
     return {"rows": order, "labels": [labels[i] for i in order], "t0": t0,
             "row": [row_of[int(s)] for s in sphere],
             "phase": [phase_index.get(str(p), 0) for p in phase],
             "step": step.tolist(),
-            "start_ms": np.round(1e3 * (start - t0), 2).tolist(),
-            "end_ms": np.round(1e3 * (end - t0), 2).tolist(),
+            "start_ms": np.round(1e3 * (start - t0), 1).tolist(),
+            "end_ms": np.round(1e3 * (end - t0), 1).tolist(),
             "waited_for": waited_for}

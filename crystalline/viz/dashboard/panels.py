@@ -40,6 +40,7 @@ class Panel:
 
     def __init__(self):
         self.data: dict = {}
+        self.extra: dict = {}           # other traits it feeds: {trait name: data}
 
     def update(self, pull) -> bool:
         new = self.compute(pull)
@@ -94,23 +95,33 @@ class GroupLoadPanel(Panel):
 
 
 class CurvesPanel(Panel):
-    """Loss (and validation loss), tokens/s and memory over steps; at most `points` points are
-    sent (older ones thinned), the last `tail` at full resolution."""
+    """Loss (and validation loss), tokens/s and memory over steps.
+
+    `data` holds the curves up to some step (at most `points` points: older ones thinned, the
+    last `tail` at full resolution) and is re-sent only every `rebase` new steps; the steps
+    since then go in `extra["curves_recent"]` (a few points), so a refresh sends little.
+    The browser draws data followed by recent.
+    """
 
     name = "curves"
     KEYS = ("step", "loss", "tokens_per_s", "rss_mib", "cut")
 
-    def __init__(self, history: int = 20_000, points: int = 600, tail: int = 200):
+    def __init__(self, history: int = 20_000, points: int = 600, tail: int = 200,
+                 rebase: int = 50):
         super().__init__()
         self._columns = {k: deque(maxlen=history) for k in self.KEYS}
         self._val = {k: deque(maxlen=history) for k in ("step", "loss")}
         self._previous = None
-        self.points, self.tail = points, tail
-        self.data = self._payload(0)
+        self._recent = 0                 # points appended since `data` was built
+        self.points, self.tail, self.rebase = points, tail, rebase
+        self.data = self._payload(self._columns, self._val, 0)
+        self.extra = {"curves_recent": self._payload({k: [] for k in self.KEYS},
+                                                     {"step": [], "loss": []}, 0)}
 
     def compute(self, pull):
         if not pull.records:
-            return None if self.data["note"] == "" or not pull.steps else self._payload(pull.steps)
+            return None if self.data["note"] == "" or not pull.steps else \
+                self._payload(self._columns, self._val, pull.steps)
         new = D.curve_points(pull.records, self._previous)
         self._previous = pull.records[-1]
         for k in self.KEYS:
@@ -119,21 +130,34 @@ class CurvesPanel(Panel):
             if val is not None:
                 self._val["step"].append(step)
                 self._val["loss"].append(val)
-        return self._payload(pull.steps)
+        self._recent += len(pull.records)
+        if self._recent >= self.rebase or not self.data["step"] or \
+                self._recent >= len(self._columns["step"]):
+            self._recent = 0
+            self.extra = {"curves_recent": self._payload({k: [] for k in self.KEYS},
+                                                         {"step": [], "loss": []}, pull.steps)}
+            return self._payload(self._columns, self._val, pull.steps)
+        first = self.data["step"][-1]
+        recent = {k: list(self._columns[k])[-self._recent:] for k in self.KEYS}
+        val = {k: [v for s, v in zip(self._val["step"], self._val[k]) if s > first]
+               for k in ("step", "loss")}
+        self.extra = {"curves_recent": self._payload(recent, val, pull.steps)}
+        return None
 
-    def _payload(self, steps: int) -> dict:
-        n = len(self._columns["step"])
+    def _payload(self, columns: dict, val: dict, steps: int) -> dict:
+        n = len(columns["step"])
         if n > self.points:
             old = np.linspace(0, n - self.tail - 1, self.points - self.tail).astype(int)
             keep = np.unique(np.concatenate([old, np.arange(n - self.tail, n)]))
         else:
             keep = np.arange(n)
-        cols = {k: list(self._columns[k]) for k in self.KEYS}
+        cols = {k: list(columns[k]) for k in self.KEYS}
         out = {k: [cols[k][i] for i in keep] for k in self.KEYS}
         for k in ("loss", "tokens_per_s", "rss_mib"):
             out[k] = [None if v is None else float(f"{v:.5g}") for v in out[k]]
-        out["val_step"], out["val_loss"] = list(self._val["step"]), list(self._val["loss"])
-        out["note"] = "" if n else ("no step records yet" if steps else "waiting for the first step")
+        out["val_step"], out["val_loss"] = list(val["step"]), list(val["loss"])
+        out["note"] = "" if n or self._columns["step"] else (
+            "no step records yet" if steps else "waiting for the first step")
         return out
 
 
@@ -176,15 +200,14 @@ class TimeSplitPanel(Panel):
 
 
 class TreePanel(Panel):
-    """The sphere tree: `layout` (positions and the sphere table, re-sent only on a new tree) and
-    `data` (per sphere: tokens/s, its ratio to the fair share for the anchored colour scale,
+    """The sphere tree: `extra["tree_layout"]` (positions and the sphere table, re-sent only on
+    a new tree) and `data` (per sphere: tokens/s, its ratio to the fair share for the anchored colour scale,
     bytes, the phase it is in, slowed)."""
 
     name = "tree"
 
     def __init__(self):
         super().__init__()
-        self.layout: dict = {}
         self._generation = None
 
     def compute(self, pull):
@@ -193,8 +216,8 @@ class TreePanel(Panel):
             return None                     # caught mid-resize: the next pull sees the new tree
         if pull.generation != self._generation:
             self._generation = pull.generation
-            self.layout = {**D.cluster_tree_layout(pull.hierarchies),
-                           "generation": str(pull.generation)}
+            self.extra = {"tree_layout": {**D.cluster_tree_layout(pull.hierarchies),
+                                          "generation": str(pull.generation)}}
         return {"generation": str(pull.generation),
                 "tokens_per_s": _round(snap["tokens_per_s"]),
                 "ratio": _round(D.throughput_ratio(snap), 3),
@@ -203,7 +226,8 @@ class TreePanel(Panel):
 
 
 class TaskStreamPanel(Panel):
-    """The task stream: per sphere, its phase intervals over the last `steps` steps."""
+    """The task stream: per sphere, its phase intervals over the last `steps` completed steps
+    (so it is re-sent once per step, not at every refresh)."""
 
     name = "stream"
 
@@ -215,7 +239,7 @@ class TaskStreamPanel(Panel):
     def compute(self, pull):
         if isinstance(pull.timeline, Exception):
             raise pull.timeline
-        stream = D.task_stream(pull.timeline, pull.snapshot, self.steps)
+        stream = D.task_stream(pull.timeline, pull.snapshot, self.steps, before=pull.steps)
         stream["note"] = "" if stream["row"] else (
             "no phase timeline yet" if pull.steps else "waiting for the first step")
         stream["t0"] = round(stream["t0"], 3)

@@ -144,7 +144,7 @@ class RunSource:
         hierarchies = run.hierarchies
         workers = int((snapshot["role"] == "worker").sum())
         state = run.state
-        steps = int(history[-1]["step"]) + 1 if history else 0
+        steps = max(int(snapshot.get("step", 0)), int(history[-1]["step"]) + 1 if history else 0)
         generation = hash((snapshot["parent"].tobytes(), snapshot["rank"].tobytes()))   # the shape
         return Pull(snapshot, records, len(history), timeline, state, steps, workers, generation,
                     hierarchies)

@@ -44,6 +44,7 @@ class Dashboard(anywidget.AnyWidget):
     status = traitlets.Dict().tag(sync=True)
     groups = traitlets.Dict().tag(sync=True)
     curves = traitlets.Dict().tag(sync=True)
+    curves_recent = traitlets.Dict().tag(sync=True)
     split = traitlets.Dict().tag(sync=True)
     tree_layout = traitlets.Dict().tag(sync=True)
     tree = traitlets.Dict().tag(sync=True)
@@ -164,20 +165,18 @@ class Dashboard(anywidget.AnyWidget):
                 return
             self._cursor = pull.cursor
             self._errors.pop("source", None)
-            changed = {}
+            outputs = {}
             for name, panel in self.panels.items():
                 try:
-                    if panel.update(pull):
-                        changed[name] = panel.data
+                    panel.update(pull)
                     self._errors.pop(name, None)
                 except Exception as exc:   # noqa: BLE001 - logged, never raised into training
                     self._failed(name, exc)
-            tree = self.panels["tree"]
-            with self.hold_sync():
-                if tree.layout and tree.layout != self.tree_layout:
-                    self.tree_layout = tree.layout
-                for name, data in changed.items():
-                    setattr(self, name, data)
+                outputs.update({name: panel.data, **panel.extra})
+            with self.hold_sync():         # traitlets sends only the traits whose value changed
+                for trait, data in outputs.items():
+                    if data != getattr(self, trait):
+                        setattr(self, trait, data)
                 actions = self.source.actions()
                 if actions != self.actions:
                     self.actions = actions
