@@ -2,7 +2,6 @@
 fake run folder, `refresh()`, then assertions on the traits the ES module draws (not pixels;
 tests/test_browser.py checks the page)."""
 
-import json
 import logging
 import threading
 import time
@@ -47,7 +46,7 @@ def wait_for(condition, timeout=30.0, what="condition"):
 
 def curve_steps(dash) -> list[int]:
     """The steps the browser draws: the curves' base followed by the recent steps."""
-    return dash.curves["step"] + dash.curves_recent["step"]
+    return dash.view("curves")["step"] + dash.view("curves_recent")["step"]
 
 
 def fake_snapshot(workers: int, tokens_per_s, slowdown=None) -> dict:
@@ -69,7 +68,7 @@ def fake_snapshot(workers: int, tokens_per_s, slowdown=None) -> dict:
 
 
 def a_pull(snap, h, records=(), steps=1, timeline=None, state="running"):
-    return Pull(snap, list(records), len(records), timeline, state, steps,
+    return Pull(snap, list(records), len(records), lambda: timeline, state, steps,
                 int((snap["role"] == "worker").sum()), 1, [h])
 
 
@@ -234,27 +233,27 @@ def test_slowed_spheres_are_marked():
 def test_what_the_browser_receives_after_steps(trainer, dashboard):
     trainer.run(3, progress=False)
     dashboard.refresh()
-    s = dashboard.status
+    s = dashboard.view("status")
     assert (s["state"], s["step"], s["workers_text"]) == ("stopped", 3, "3 workers")
     assert s["loss"] == pytest.approx(trainer.history[-1]["loss"])
-    tps = dashboard.tree["tokens_per_s"][1:]                   # the same pull: w0, w1, w2 are
+    tps = dashboard.view("tree")["tokens_per_s"][1:]                   # the same pull: w0, w1, w2 are
     assert sum(tps) > 0                                        # groups 0, 1, 2
-    assert dashboard.groups["share"] == pytest.approx([t / sum(tps) for t in tps] + [0.0] * 9,
+    assert dashboard.view("groups")["share"] == pytest.approx([t / sum(tps) for t in tps] + [0.0] * 9,
                                                       rel=1e-3, abs=1e-4)
     assert curve_steps(dashboard) == [0, 1, 2]
-    assert dashboard.tree_layout["label"] == ["N0", "w0", "w1", "w2"]
-    assert dashboard.tree["bytes"] == [int(b) for b in trainer.stats.snapshot()["bytes"]]
-    assert dashboard.split["labels"] == ["N0", "w0", "w1", "w2"]
+    assert dashboard.view("tree_layout")["label"] == ["N0", "w0", "w1", "w2"]
+    assert dashboard.view("tree")["bytes"] == [int(b) for b in trainer.stats.snapshot()["bytes"]]
+    assert dashboard.view("split")["labels"] == ["N0", "w0", "w1", "w2"]
     assert dashboard.errors == {}
-    stream = dashboard.stream                                  # the trainer's phase timeline
+    stream = dashboard.view("stream")                                  # the trainer's phase timeline
     assert sorted(set(stream["step"])) == [0, 1, 2] and stream["labels"] == ["N0", "w0", "w1", "w2"]
     assert {w["label"] for w in stream["waited_for"]} <= {"w0", "w1", "w2"}
     # Once the status line shows steps, no panel says it waits for the first one.
     for name in ("groups", "curves", "split", "stream"):
-        assert "waiting" not in json.dumps(getattr(dashboard, name)), name
+        assert "waiting" not in getattr(dashboard, name), name
     # A few KB per update.
     for name in ("status", "groups", "curves", "split", "tree", "tree_layout"):
-        assert len(json.dumps(getattr(dashboard, name))) < 4000, name
+        assert len(getattr(dashboard, name)) < 4000, name     # the JSON text sent
 
 
 def test_one_worker_is_singular(shakespeare):
@@ -262,8 +261,8 @@ def test_one_worker_is_singular(shakespeare):
     with Trainer(model_cfg, train_cfg.replace(eval_interval=0), shakespeare, workers=1) as tr:
         tr.run(1, progress=False)
         dash = Dashboard(tr)
-        assert dash.status["workers_text"] == "1 worker"
-        assert dash.status["slowest"] == -1 and dash.status["slowest_text"] == ""
+        assert dash.view("status")["workers_text"] == "1 worker"
+        assert dash.view("status")["slowest"] == -1 and dash.view("status")["slowest_text"] == ""
 
 
 def test_an_invalid_worker_count_is_a_visible_message(trainer, dashboard):
@@ -274,7 +273,7 @@ def test_an_invalid_worker_count_is_a_visible_message(trainer, dashboard):
         assert trainer.workers == 3
     assert dashboard.act("resize", " 5 ")
     assert dashboard.message == {"text": "resized to 5 workers", "error": False}
-    assert trainer.workers == 5 and dashboard.status["workers_text"] == "5 workers"
+    assert trainer.workers == 5 and dashboard.view("status")["workers_text"] == "5 workers"
     # The browser's message reaches the same place.
     dashboard._on_browser_message(dashboard, {"action": "resize", "workers": "x"}, [])
     assert dashboard.message["error"] and trainer.workers == 5
@@ -283,20 +282,20 @@ def test_an_invalid_worker_count_is_a_visible_message(trainer, dashboard):
 def test_pause_really_pauses_and_resume_goes_on(trainer, dashboard):
     dashboard.start_monitor()
     trainer.start()
-    wait_for(lambda: dashboard.status.get("step", 0) >= 3, what="three steps on the status line")
+    wait_for(lambda: dashboard.view("status").get("step", 0) >= 3, what="three steps on the status line")
     assert dashboard.actions == ["pause", "stop", "resize"]
     assert dashboard.act("pause")
     with trainer._step_lock:                                   # the step in flight has ended
         held = trainer.steps_done
     seen = dashboard.refreshes
     wait_for(lambda: dashboard.refreshes >= seen + 5, what="five refreshes while paused")
-    assert trainer.steps_done == held and dashboard.status["step"] == held
-    assert dashboard.status["state"] == "paused" and dashboard.actions == ["resume", "stop", "resize"]
+    assert trainer.steps_done == held and dashboard.view("status")["step"] == held
+    assert dashboard.view("status")["state"] == "paused" and dashboard.actions == ["resume", "stop", "resize"]
     assert dashboard.act("resume")
-    wait_for(lambda: dashboard.status["step"] > held, what="steps after resume")
+    wait_for(lambda: dashboard.view("status")["step"] > held, what="steps after resume")
     assert dashboard.act("stop")
     assert not dashboard.monitoring and not trainer.running
-    assert dashboard.status["state"] == "stopped"
+    assert dashboard.view("status")["state"] == "stopped"
     assert curve_steps(dashboard) == list(range(trainer.steps_done))   # each step once, none lost
 
 
@@ -321,7 +320,7 @@ def test_a_live_run_is_controlled_through_its_control_file(trainer):
     run = FakeRun(trainer)
     dash = Dashboard(run)
     assert dash.actions == ["pause", "stop", "resize"]
-    assert dash.status["kind"] == "run folder" and dash.status["step"] == 4
+    assert dash.view("status")["kind"] == "run folder" and dash.view("status")["step"] == 4
     assert dash.act("pause") and dash.act("resize", "7") and not dash.act("resize", "-1")
     assert run.requests == [("pause", {}), ("resize", {"workers": 7})]
     run.state = "paused"
@@ -344,17 +343,17 @@ def test_pause_through_the_control_file_of_a_real_run_folder(shakespeare, tmp_pa
         dash = Dashboard(open_run(tmp_path), refresh_hz=10)
         wait_for(lambda: tr.steps_done >= 2, what="two steps")
         dash.refresh()
-        assert dash.actions == ["pause", "stop", "resize"] and dash.status["kind"] == "run folder"
+        assert dash.actions == ["pause", "stop", "resize"] and dash.view("status")["kind"] == "run folder"
         assert dash.act("pause")
         wait_for(lambda: open_run(tmp_path).state == "paused", what="the run to pause")
         held = tr.steps_done
         dash.start_monitor()
         seen = dash.refreshes
         wait_for(lambda: dash.refreshes >= seen + 5, what="five refreshes while paused")
-        assert tr.steps_done == held and dash.status["state"] == "paused"
+        assert tr.steps_done == held and dash.view("status")["state"] == "paused"
         assert dash.actions == ["resume", "stop", "resize"]
-        assert dash.tree_layout["label"] == ["N0", "w0", "w1"]
-        stream = dash.stream
+        assert dash.view("tree_layout")["label"] == ["N0", "w0", "w1"]
+        stream = dash.view("stream")
         assert stream["row"] and set(stream["labels"]) == {"N0", "w0", "w1"}
         assert {PHASES[p] for p in stream["phase"]} >= {"compute", "wait_b", "update"}
         assert dash.act("resume")
@@ -369,7 +368,7 @@ def test_a_finished_run_replays_without_controls(trainer):
     run = FakeRun(trainer, alive=False, state="finished")
     dash = Dashboard(run)
     assert dash.actions == []
-    assert curve_steps(dash) == list(range(6)) and dash.status["state"] == "finished"
-    assert dash.split["steps"] == 6 and dash.tree_layout["label"][0] == "N0"
+    assert curve_steps(dash) == list(range(6)) and dash.view("status")["state"] == "finished"
+    assert dash.view("split")["steps"] == 6 and dash.view("tree_layout")["label"][0] == "N0"
     assert not dash.act("pause") and dash.message["error"]
     assert isinstance(dash.source, RunSource)

@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from crystalline.engine.hierarchy import Hierarchy
 from crystalline.errors import ConfigError
 from crystalline.viz.style import (NO_DATA_COLOR, ROLE_COLORS, ROLE_LABELS, group_color, plural,
-                                   role_of)
+                                   role_of, sphere_label)
 
 COLOR_MODES = ("group", "throughput", "memory", "role")
 MARKERS = {"node_zero": "*", "control": "h", "worker": "o"}
@@ -209,7 +209,8 @@ def _draw_labels(ax, h: Hierarchy, pos, diameter, pt_per_unit, labels, color):
     if labels is None or labels is True:
         texts = {0: "N0"}
         for s in h.node_zero.children:
-            texts[s.id] = h.label(s) if s.role == "worker" else f"g{s.group}"
+            texts[s.id] = (sphere_label(role_of(s), s.id, s.worker_index) if s.is_worker
+                           else f"g{s.group}")
         for s in h.workers:                              # outer rings: only where text fits
             gap_pt = diameter[s.level] / 0.8
             if s.level > 1 and (labels is True or gap_pt >= 9.5):

@@ -210,6 +210,13 @@ function curveChart(parent, title, opts) {
 
 function render({ model, el }) {
   const pal = model.get("palette");
+  // The views' data arrive as JSON text (see widget.py); parse each once per change.
+  const cache = {};
+  const get = (name) => {
+    const text = model.get(name);
+    if (!cache[name] || cache[name].text !== text) cache[name] = { text, value: JSON.parse(text || "{}") };
+    return cache[name].value;
+  };
   const root = h("div", { class: "crystalline-dashboard" });
   el.append(root);
 
@@ -264,7 +271,7 @@ function render({ model, el }) {
   let treeHits = [];
   const treeCanvas = fluidCanvas(treePanel.body, 300, (ctx, W, H) => {
     ctx.clearRect(0, 0, W, H);
-    const L = model.get("tree_layout"), T = model.get("tree");
+    const L = get("tree_layout"), T = get("tree");
     treeHits = [];
     if (!L.id || !T.ratio || T.generation !== L.generation) return;
     const [ex0, ex1, ey0, ey1] = L.extent;
@@ -334,7 +341,7 @@ function render({ model, el }) {
       if (d <= t.r + 3 && d < bestD) { best = t; bestD = d; }
     }
     if (!best) return hideTip();
-    const L = model.get("tree_layout"), T = model.get("tree"), i = best.i;
+    const L = get("tree_layout"), T = get("tree"), i = best.i;
     const role = pal.role_labels[L.role[i]] || L.role[i];
     const phase = pal.phase_labels[T.phase[i]] || T.phase[i];
     showTip(ev, `<b>${L.label[i]}</b> · sphere ${L.id[i]} · ${role}<br>` +
@@ -356,7 +363,7 @@ function render({ model, el }) {
   splitPanel.body.append(splitLegend);
   const splitCanvas = fluidCanvas(splitPanel.body, 260, (ctx, W, H) => {
     ctx.clearRect(0, 0, W, H);
-    const S = model.get("split");
+    const S = get("split");
     if (!S.labels || !S.labels.length) return;
     const n = S.labels.length, ml = 40, mb = 30, mt = 6;
     const totals = S.ms.map((r) => r.reduce((a, b) => a + (b || 0), 0));
@@ -410,7 +417,7 @@ function render({ model, el }) {
   let streamHits = [];
   const streamCanvas = fluidCanvas(streamPanel.body, 200, (ctx, W, H) => {
     ctx.clearRect(0, 0, W, H);
-    const S = model.get("stream");
+    const S = get("stream");
     streamHits = [];
     if (!S.row || !S.row.length) return;
     const ml = 44, mb = 20, n = S.rows.length;
@@ -447,7 +454,7 @@ function render({ model, el }) {
     const mx = ev.clientX - rect.left, my = ev.clientY - rect.top;
     const hit = streamHits.find((t) => mx >= t.x0 - 1 && mx <= t.x1 + 1 && my >= t.y0 && my <= t.y1);
     if (!hit) return hideTip();
-    const S = model.get("stream"), k = hit.k;
+    const S = get("stream"), k = hit.k;
     showTip(ev, `<b>${S.labels[S.row[k]]}</b> · step ${S.step[k]}<br>` +
       `${pal.phase_labels[pal.phases[S.phase[k]]]}: ${(S.end_ms[k] - S.start_ms[k]).toFixed(2)} ms`);
   });
@@ -455,7 +462,7 @@ function render({ model, el }) {
 
   // ---------------------------------------------------------------- updates
   const drawStatus = () => {
-    const s = model.get("status");
+    const s = get("status");
     title.textContent = s.title || "crystalline";
     detail.textContent = s.detail || "";
     const color = pal.states[s.state] || "#616161";
@@ -491,7 +498,7 @@ function render({ model, el }) {
     errors.innerHTML = Object.entries(e).map(([k, v]) => `<div>panel ${escapeHtml(k)} failed: ${escapeHtml(v)}</div>`).join("");
   };
   const drawGroups = () => {
-    const G = model.get("groups");
+    const G = get("groups");
     groupsPanel.note.textContent = G.note || "";
     if (!G.share) return;
     const top = 2 * G.fair_share;
@@ -510,7 +517,7 @@ function render({ model, el }) {
       (G.slowest >= 0 ? ` · slowest: <b style="color:${pal.groups[G.slowest]}">g${G.slowest}</b>` : "");
   };
   const drawTree = () => {
-    const L = model.get("tree_layout");
+    const L = get("tree_layout");
     const n = L.id ? L.id.length : 0;
     const workers = L.role ? L.role.filter((r) => r === "worker").length : 0;
     treePanel.heading.textContent = n ? `Sphere tree: ${workers} worker${workers === 1 ? "" : "s"}, ${n} spheres` : "Sphere tree";
@@ -519,13 +526,13 @@ function render({ model, el }) {
     treeCanvas.redraw();
   };
   const drawSplit = () => {
-    const S = model.get("split");
+    const S = get("split");
     splitPanel.heading.textContent = S.steps ? `Time split per sphere (last ${S.steps} step${S.steps === 1 ? "" : "s"})` : "Time split per sphere";
     splitPanel.note.textContent = S.note || "";
     splitCanvas.redraw();
   };
   const drawCurves = () => {
-    const base = model.get("curves"), recent = model.get("curves_recent");
+    const base = get("curves"), recent = get("curves_recent");
     const join = (k) => (base[k] || []).concat(recent[k] || []);
     const x = join("step"), cut = join("cut"), note = base.note || "";
     lossChart.set({ x, cut, series: [{ y: join("loss"), color: "#1f77b4" },
@@ -534,7 +541,7 @@ function render({ model, el }) {
     memChart.set({ x, cut, series: [{ y: join("rss_mib"), color: "#9467bd" }] }, note);
   };
   const drawStream = () => {
-    const S = model.get("stream");
+    const S = get("stream");
     streamPanel.note.textContent = S.note || "";
     const n = S.rows ? S.rows.length : 0;
     streamCanvas.setHeight(Math.max(120, Math.min(520, 20 + n * 12)));

@@ -25,6 +25,7 @@ from crystalline.viz.style import (LOAD_LOW, LOAD_STRAGGLER, PHASES, TIME_COLUMN
                                    sphere_label)
 
 GROUPS = 12
+PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
 NOISE = 0.05        # a group is "slowest" only when it runs this far below the median group
 
 
@@ -117,16 +118,17 @@ def curve_points(records: list[dict], previous: dict | None = None) -> dict[str,
     for r in records:
         cut = previous is None or is_discontinuity(r, previous)
         out["step"].append(int(r["step"]))
-        out["loss"].append(_finite(r.get("loss")))
-        out["val_loss"].append(_finite(r.get("val_loss")))
-        out["tokens_per_s"].append(None if cut else _finite(r.get("tokens_per_s")))
-        out["rss_mib"].append(_finite(r.get("rss", math.nan) / 2**20))
+        out["loss"].append(finite(r.get("loss")))
+        out["val_loss"].append(finite(r.get("val_loss")))
+        out["tokens_per_s"].append(None if cut else finite(r.get("tokens_per_s")))
+        out["rss_mib"].append(finite(r.get("rss", math.nan) / 2**20))
         out["cut"].append(cut)
         previous = r
     return out
 
 
-def _finite(x) -> float | None:
+def finite(x) -> float | None:
+    """x as a float, or None when it is missing, NaN or infinite (JSON has no NaN)."""
     return float(x) if x is not None and math.isfinite(x) else None
 
 
@@ -203,8 +205,9 @@ def task_stream(timeline: dict, snap: dict, steps: int = 5, before: int | None =
     """
     order = [int(i) for i in sphere_order(snap)]
     labels = sphere_labels(snap)
-    row_of_sphere = {(int(k), int(i)): row for row, (k, i)
-                     in enumerate(zip(ranks_of(snap), snap["sphere_id"]))}
+    spheres = 1 + int(np.max(snap["sphere_id"], initial=0))
+    keys = ranks_of(snap) * spheres + np.asarray(snap["sphere_id"])     # (rank, id) -> one int
+    by_key = np.argsort(keys)
     empty = {"rows": order, "labels": [labels[i] for i in order], "t0": 0.0, "row": [],
              "phase": [], "step": [], "start_ms": [], "end_ms": [], "waited_for": []}
     if timeline is None or not len(timeline.get("step", ())):
@@ -215,31 +218,33 @@ def task_stream(timeline: dict, snap: dict, steps: int = 5, before: int | None =
     if not done.any():
         return empty
     keep = done & (step >= step[done].max() - steps + 1)
-    rows = np.array([row_of_sphere.get((int(k), int(i)), -1)
-                     for k, i in zip(rank[keep], np.asarray(timeline["sphere"])[keep])], dtype=np.int64)
-    known = rows >= 0                                 # not a sphere of the tree drawn (a resize)
+    wanted = rank[keep] * spheres + np.asarray(timeline["sphere"], dtype=np.int64)[keep]
+    at = np.minimum(np.searchsorted(keys[by_key], wanted), len(keys) - 1)
+    rows = by_key[at]                                 # the snapshot row of each interval
+    known = (keys[rows] == wanted) & (np.asarray(timeline["sphere"])[keep] < spheres)
+                                                      # else: not in the tree drawn (a resize)
     keep_idx = np.flatnonzero(keep)[known]
-    sphere, step = rows[known], step[keep_idx]
+    snap_row, step = rows[known], step[keep_idx]
     phase = np.asarray(timeline["phase"])[keep_idx]
     start = np.asarray(timeline["start"], dtype=float)[keep_idx]
     end = np.asarray(timeline["end"], dtype=float)[keep_idx]
-    if not len(sphere):
+    if not len(snap_row):
         return empty
-    row_of = {s: r for r, s in enumerate(order)}
+    display_row = np.empty(len(order), dtype=np.int64)
+    display_row[order] = np.arange(len(order))
     t0 = float(start.min())
-    phase_index = {p: i for i, p in enumerate(PHASES)}
     waited_for = []
     for s in np.unique(step):
         at_b = (step == s) & (phase == "wait_b")
         if at_b.sum() >= 2:
             arrivals = start[at_b]
             last = int(np.argmax(arrivals))
-            waited_for.append({"step": int(s), "sphere": int(sphere[at_b][last]),
-                               "label": labels[int(sphere[at_b][last])],
+            waited_for.append({"step": int(s), "sphere": int(snap_row[at_b][last]),
+                               "label": labels[int(snap_row[at_b][last])],
                                "ms": round(1e3 * float(arrivals.max() - arrivals.min()), 1)})
     return {"rows": order, "labels": [labels[i] for i in order], "t0": t0,
-            "row": [row_of[int(s)] for s in sphere],
-            "phase": [phase_index.get(str(p), 0) for p in phase],
+            "row": display_row[snap_row].tolist(),
+            "phase": [PHASE_INDEX.get(p, 0) for p in phase.tolist()],
             "step": step.tolist(),
             "start_ms": np.round(1e3 * (start - t0), 1).tolist(),
             "end_ms": np.round(1e3 * (end - t0), 1).tolist(),

@@ -59,20 +59,23 @@ class StatusPanel(Panel):
 
     name = "status"
 
-    def __init__(self, describe: dict):
+    def __init__(self, describe):
         super().__init__()
-        self.describe = describe
+        self.describe = describe         # () -> {title, kind, detail} of the source, now
         self._last = None
+        self._val_loss = None
 
     def compute(self, pull):
         if pull.records:
             self._last = pull.records[-1]
-        load = D.group_load(pull.snapshot)
-        slowest = D.slowest_group(load)
+        for r in pull.records:
+            if D.finite(r.get("val_loss")) is not None:
+                self._val_loss = D.finite(r["val_loss"])
+        slowest = D.slowest_group(D.group_load(pull.snapshot))
         last = self._last or {}
-        return {**self.describe, "state": pull.state, "step": pull.steps,
-                "loss": D._finite(last.get("loss")), "val_loss": D._finite(last.get("val_loss")),
-                "tokens_per_s": D._finite(last.get("tokens_per_s")),
+        return {**self.describe(), "state": pull.state, "step": pull.steps,
+                "loss": D.finite(last.get("loss")), "val_loss": self._val_loss,
+                "tokens_per_s": D.finite(last.get("tokens_per_s")),
                 "workers": pull.workers, "workers_text": plural(pull.workers, "worker"),
                 "spheres": len(pull.snapshot["role"]),
                 "slowest": slowest, "slowest_text": f"slowest group g{slowest}" if slowest >= 0 else "",
@@ -227,19 +230,25 @@ class TreePanel(Panel):
 
 class TaskStreamPanel(Panel):
     """The task stream: per sphere, its phase intervals over the last `steps` completed steps
-    (so it is re-sent once per step, not at every refresh)."""
+    (read and re-sent once per step, not at every refresh)."""
 
     name = "stream"
 
     def __init__(self, steps: int = 5):
         super().__init__()
         self.steps = steps
+        self._seen = None
         self.data = {"rows": [], "note": "waiting for the first step"}
 
     def compute(self, pull):
-        if isinstance(pull.timeline, Exception):
-            raise pull.timeline
-        stream = D.task_stream(pull.timeline, pull.snapshot, self.steps, before=pull.steps)
+        seen = (pull.steps, pull.generation)
+        if seen == self._seen:
+            return None
+        timeline = pull.read_timeline()
+        if isinstance(timeline, Exception):
+            raise timeline
+        self._seen = seen
+        stream = D.task_stream(timeline, pull.snapshot, self.steps, before=pull.steps)
         stream["note"] = "" if stream["row"] else (
             "no phase timeline yet" if pull.steps else "waiting for the first step")
         stream["t0"] = round(stream["t0"], 3)

@@ -26,7 +26,8 @@ class Pull:
     snapshot: dict
     records: list
     cursor: int
-    timeline: dict | Exception | None     # an Exception when reading it failed
+    read_timeline: object       # () -> the phase timeline, read on first call (an Exception
+                                #   instance if reading failed); the task stream calls it
     state: str
     steps: int
     workers: int
@@ -50,13 +51,20 @@ def parse_workers(value) -> int:
     return workers
 
 
-def read_timeline(source, last_steps: int):
-    """source.timeline(last=...), or the exception it raised: only the task stream, which draws
-    it, fails (and says so); the other panels still get their pull."""
-    try:
-        return source.timeline(last=last_steps)
-    except Exception as exc:      # noqa: BLE001 - handed to the task stream panel
-        return exc
+def timeline_reader(source, last_steps: int):
+    """A function reading source.timeline(last=...) once, when first called (the task stream
+    reads it only when a step has completed), giving the exception it raised instead: only the
+    task stream fails (and says so); the other panels still get their pull."""
+    cache = []
+
+    def read():
+        if not cache:
+            try:
+                cache.append(source.timeline(last=last_steps))
+            except Exception as exc:      # noqa: BLE001 - handed to the task stream panel
+                cache.append(exc)
+        return cache[0]
+    return read
 
 
 class TrainerSource:
@@ -84,7 +92,7 @@ class TrainerSource:
         hierarchy = tr.hierarchy
         snapshot = stats.snapshot()
         records, cursor = tr.history.since(cursor)
-        timeline = read_timeline(tr, last_steps)
+        timeline = timeline_reader(tr, last_steps)
         error = tr.driver_error
         return Pull(snapshot, records, cursor, timeline, tr.state, tr.steps_done, tr.workers,
                     self._generation, [hierarchy],
@@ -140,7 +148,7 @@ class RunSource:
         snapshot = run.snapshot()
         history = run.history()
         records = history[cursor:] if cursor <= len(history) else history
-        timeline = read_timeline(run, last_steps)
+        timeline = timeline_reader(run, last_steps)
         hierarchies = run.hierarchies
         workers = int((snapshot["role"] == "worker").sum())
         state = run.state

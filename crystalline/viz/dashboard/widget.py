@@ -3,7 +3,7 @@
     dash = Dashboard(trainer)                 # in-process: the buttons control the trainer
     dash = Dashboard("runs/small-20261130")   # a run folder: watch it live, or replay it
     dash                                      # show it (starts the monitor thread)
-    dash.refresh(); dash.status               # one pull, and the data the status line draws
+    dash.refresh(); dash.view("status")       # one pull, and the data the status line draws
     dash.close()                              # stop the monitor (training goes on)
 
 The monitor of a run folder ends by itself after the pull that sees the run's process gone.
@@ -18,6 +18,7 @@ other panels go on. Button clicks arrive as messages from the browser and act on
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -40,15 +41,17 @@ class Dashboard(anywidget.AnyWidget):
 
     _esm = HERE / "dashboard.js"
     _css = HERE / "dashboard.css"
+    # Each view's data travels as one JSON text: ipywidgets then sends a string as it is,
+    # instead of walking thousands of list items in Python on every update (view(name) reads it).
     palette = traitlets.Dict().tag(sync=True)
-    status = traitlets.Dict().tag(sync=True)
-    groups = traitlets.Dict().tag(sync=True)
-    curves = traitlets.Dict().tag(sync=True)
-    curves_recent = traitlets.Dict().tag(sync=True)
-    split = traitlets.Dict().tag(sync=True)
-    tree_layout = traitlets.Dict().tag(sync=True)
-    tree = traitlets.Dict().tag(sync=True)
-    stream = traitlets.Dict().tag(sync=True)
+    status = traitlets.Unicode("{}").tag(sync=True)
+    groups = traitlets.Unicode("{}").tag(sync=True)
+    curves = traitlets.Unicode("{}").tag(sync=True)
+    curves_recent = traitlets.Unicode("{}").tag(sync=True)
+    split = traitlets.Unicode("{}").tag(sync=True)
+    tree_layout = traitlets.Unicode("{}").tag(sync=True)
+    tree = traitlets.Unicode("{}").tag(sync=True)
+    stream = traitlets.Unicode("{}").tag(sync=True)
     actions = traitlets.List().tag(sync=True)
     message = traitlets.Dict().tag(sync=True)
     errors = traitlets.Dict().tag(sync=True)
@@ -63,11 +66,12 @@ class Dashboard(anywidget.AnyWidget):
         super().__init__(palette=browser_palette(), message={"text": "", "error": False})
         self.period = 1.0 / refresh_hz
         self.stream_steps = stream_steps
-        self.panels = {"status": StatusPanel(self.source.describe()), "groups": GroupLoadPanel(),
+        self.panels = {"status": StatusPanel(self.source.describe), "groups": GroupLoadPanel(),
                        "curves": CurvesPanel(), "split": TimeSplitPanel(), "tree": TreePanel(),
                        "stream": TaskStreamPanel(stream_steps)}
         self.refreshes = 0
         self._errors: dict[str, str] = {}     # panel name -> its last error, until it recovers
+        self._sent: dict[str, str] = {}       # trait -> the JSON text last sent
         self._cursor = 0
         self._refresh_lock = threading.Lock()
         self._stop_monitor = threading.Event()
@@ -168,15 +172,18 @@ class Dashboard(anywidget.AnyWidget):
             outputs = {}
             for name, panel in self.panels.items():
                 try:
-                    panel.update(pull)
+                    if panel.update(pull) or not self._sent.get(name):
+                        outputs[name] = panel.data
+                    outputs.update(panel.extra)
                     self._errors.pop(name, None)
                 except Exception as exc:   # noqa: BLE001 - logged, never raised into training
                     self._failed(name, exc)
-                outputs.update({name: panel.data, **panel.extra})
-            with self.hold_sync():         # traitlets sends only the traits whose value changed
+            with self.hold_sync():         # one message with the traits whose value changed
                 for trait, data in outputs.items():
-                    if data != getattr(self, trait):
-                        setattr(self, trait, data)
+                    text = json.dumps(data, separators=(",", ":"))
+                    if text != self._sent.get(trait):
+                        self._sent[trait] = text
+                        setattr(self, trait, text)
                 actions = self.source.actions()
                 if actions != self.actions:
                     self.actions = actions
@@ -184,6 +191,11 @@ class Dashboard(anywidget.AnyWidget):
                 if errors != self.errors:
                     self.errors = errors
             self.refreshes += 1
+
+    def view(self, name: str) -> dict:
+        """The data the browser draws for `name` (status, groups, curves, curves_recent, split,
+        tree_layout, tree, stream), as last sent."""
+        return json.loads(getattr(self, name))
 
     def _errors_now(self) -> dict:
         return dict(sorted(self._errors.items()))
