@@ -372,3 +372,31 @@ def test_a_finished_run_replays_without_controls(trainer):
     assert dash.view("split")["steps"] == 6 and dash.view("tree_layout")["label"][0] == "N0"
     assert not dash.act("pause") and dash.message["error"]
     assert isinstance(dash.source, RunSource)
+
+
+# ---------------------------------------------------------------------------- crystalline watch
+def test_watch_refuses_what_is_not_a_run_folder(tmp_path, capsys):
+    from crystalline.cli import main
+    assert main(["watch", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["watch", str(tmp_path / "notes.txt")]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
+    assert main(["watch", str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    assert main(["watch", str(tmp_path), "--port", "0"]) == 2
+    assert "--port 0 is invalid" in capsys.readouterr().err
+
+
+def test_watch_serves_a_notebook_of_the_run(tmp_path, monkeypatch):
+    from crystalline.commands import watch
+    nb = watch.watch_notebook(tmp_path)
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert nb["cells"][0]["source"].endswith(f"Dashboard({str(tmp_path)!r})")
+    voila = watch.server_command(tmp_path, 8870, True, lab=False)
+    assert voila[1:3] == ["-m", "voila"] and "--port=8870" in voila and "--no-browser" in voila
+    monkeypatch.setattr(watch.os, "geteuid", lambda: 0)
+    lab = watch.server_command(tmp_path, None, False, lab=True)
+    assert lab[1:3] == ["-m", "jupyterlab"] and "--allow-root" in lab
+    monkeypatch.setattr(watch.os, "geteuid", lambda: 1000)
+    assert "--allow-root" not in watch.server_command(tmp_path, None, False, lab=True)
