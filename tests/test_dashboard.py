@@ -5,7 +5,6 @@ tests/test_browser.py checks the page)."""
 import logging
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
