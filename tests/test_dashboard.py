@@ -399,3 +399,23 @@ def test_watch_serves_a_notebook_of_the_run(tmp_path, monkeypatch):
     assert lab[1:3] == ["-m", "jupyterlab"] and "--allow-root" in lab
     monkeypatch.setattr(watch.os, "geteuid", lambda: 1000)
     assert "--allow-root" not in watch.server_command(tmp_path, None, False, lab=True)
+
+
+def test_two_mpi_ranks_are_drawn_side_by_side_with_their_own_rows():
+    """A Run's snapshot of 2 ranks: rows are concatenated rank by rank with a rank column."""
+    (a, h0), (b, h1) = fake_snapshot(2, [1.0, 1.0]), fake_snapshot(3, [1.0, 1.0, 1.0])
+    snap = {k: np.concatenate([a[k], b[k]]) for k in a if k != "step"}
+    snap["rank"] = np.array([0] * 3 + [1] * 4)
+    layout = D.cluster_tree_layout([h0, h1])
+    assert layout["label"] == ["r0:N0", "r0:w0", "r0:w1", "r1:N0", "r1:w0", "r1:w1", "r1:w2"]
+    assert layout["parent"] == [-1, 0, 0, -1, 3, 3, 3]           # rows, not per-rank ids
+    assert max(layout["x"][:3]) < min(layout["x"][3:])           # rank 1 to the right
+    assert D.sphere_labels(snap) == layout["label"]
+    timeline = timeline_of([(1, 0, "compute", 10.0, 10.2), (1, 0, "wait_b", 10.2, 10.3),   # r0:w0
+                            (1, 0, "compute", 10.0, 10.1), (1, 0, "wait_b", 10.1, 10.3)])  # r1:w0
+    timeline["rank"] = np.array([0, 1, 1, 0])     # sorted by start: r0 and r1 compute, r1, r0 at B
+    stream = D.task_stream(timeline, snap, steps=1)
+    rows = {(stream["labels"][r], PHASES[p]) for r, p in zip(stream["row"], stream["phase"])}
+    assert rows == {("r0:w0", "compute"), ("r0:w0", "wait_b"), ("r1:w0", "compute"),
+                    ("r1:w0", "wait_b")}
+    assert stream["waited_for"][0]["label"] == "r0:w0"          # it reached Point B last
