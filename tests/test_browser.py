@@ -239,6 +239,16 @@ def test_jupyterlab_watches_pauses_and_replays_a_cli_run(lab, browser, cli_run, 
         page.screenshot(path=tmp_path / "lab_live.png")
         keep(tmp_path / "lab_live.png")
 
+        # The loss curve zooms with the wheel and resets on a double click.
+        loss = page.locator(".cr-curve canvas").first
+        loss.hover()
+        page.mouse.wheel(0, -400)
+        wait_until(lambda: loss.get_attribute("data-view"), 10, "the zoomed view")
+        x0, x1 = map(float, loss.get_attribute("data-view").split(","))
+        assert 0 <= x0 < x1 <= step_of(status_text(page)) + 1
+        loss.dblclick()
+        wait_until(lambda: loss.get_attribute("data-view") == "", 10, "the reset view")
+
         # Pause from the dashboard pauses the CLI process (its control file).
         page.get_by_role("button", name="pause").click()
         wait_until(lambda: "paused" in status_text(page), 30, "the paused state", proc, log)

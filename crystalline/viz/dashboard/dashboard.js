@@ -169,6 +169,7 @@ function curveChart(parent, title, opts) {
       ctx.stroke();
     }
     ctx.restore();
+    c.canvas.dataset.view = chart.view ? chart.view.map((v) => v.toFixed(1)).join(",") : "";
     if (chart.view) {
       ctx.fillStyle = "#999"; ctx.textAlign = "right"; ctx.textBaseline = "top";
       ctx.fillText("zoomed: double-click to reset", W - margin.r, margin.t);
