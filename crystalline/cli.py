@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["data", "train", "sample", "export", "figures", "lab", "trace"]
+COMMANDS = ["data", "train", "sample", "export", "figures", "lab", "trace", "watch"]
 
 
 def build_parser() -> argparse.ArgumentParser:

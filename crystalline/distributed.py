@@ -7,6 +7,7 @@
     tr.run(100)                  # progress bar on rank 0 only
     tr.save(path)                # rank 0 writes; the other ranks return at once
     g = tr.to_networkx()         # collective: cluster -> one node per rank -> each rank's tree
+                                 # (drawn by crystalline.viz.cluster.draw_distributed)
 
 Rank r of R computes a contiguous slice of every global batch (the first B % R ranks take one
 sequence more) and splits it over its own workers by the ordinary tree. After its tree's
@@ -43,6 +44,7 @@ from crystalline.engine.hierarchy import Hierarchy
 from crystalline.engine.reduce import split_batch, split_by_group
 from crystalline.engine.trainer import Trainer, TrainingStopped
 from crystalline.errors import ConfigError, CrystallineError, TrainingError
+from crystalline.viz.style import role_of
 
 DEFAULT_TIMEOUT_S = 300.0   # longest wait for the other ranks at any collective (a slow step included)
 DEFAULT_CHECK_EVERY = 50    # steps between parameter checksum comparisons; 0 disables
@@ -343,7 +345,7 @@ def distributed_graph(ranks, batch_size: int | None = None, node_data: list | No
         local = h.to_networkx(node_data[k] if node_data else None)
         for sid, a in local.nodes(data=True):
             a = dict(a, rank=k, depth=a["level"] + 2, label=f"r{k}:{a['label']}",
-                     role="node_zero" if sid == h.node_zero.id else a["role"],
+                     role=role_of(h.spheres[sid]),
                      global_worker=first_worker + a["worker_index"] if a["worker_index"] >= 0 else -1)
             if slices is not None and a["worker_index"] >= 0:
                 a["sequences"] = (int(starts[a["worker_index"]]), int(counts[a["worker_index"]]))
@@ -352,49 +354,6 @@ def distributed_graph(ranks, batch_size: int | None = None, node_data: list | No
         g.add_edge(rank_node, f"r{k}:{h.node_zero.id}")
         first_worker += len(h.workers)
     return g
-
-
-ROLE_COLORS = {"cluster": "#444444", "rank": "#7f3fbf", "node_zero": "#d62728", "control": "#ff7f0e",
-               "worker": "#1f77b4"}
-
-
-def _tree_layout(graph) -> dict:
-    """Leaves left to right in tree order, each parent centred over its children, depth downwards."""
-    pos, next_x = {}, [0.0]
-
-    def place(node) -> float:
-        children = sorted(graph.successors(node), key=lambda c: graph.nodes[c]["position"])
-        x = float(np.mean([place(c) for c in children])) if children else next_x[0]
-        if not children:
-            next_x[0] += 1.0
-        pos[node] = (x, -float(graph.nodes[node]["depth"]))
-        return x
-
-    place("cluster")
-    return pos
-
-
-def draw_distributed(graph, ax=None, labels: bool = True):
-    """Draw a distributed_graph top-down (cluster, ranks, Node Zeros, ...) on a Matplotlib Axes.
-
-    Uses the object API only (no pyplot): without `ax`, a new Figure is made; returns the Axes.
-    """
-    import networkx as nx
-    if ax is None:
-        from matplotlib.figure import Figure
-        ax = Figure(figsize=(8, 4.5), layout="constrained").add_subplot()
-    pos = _tree_layout(graph)
-    nx.draw_networkx_edges(graph, pos, ax=ax, arrows=False, edge_color="#999999")
-    colors = [ROLE_COLORS.get(r, "#888888") for _, r in graph.nodes(data="role")]
-    nx.draw_networkx_nodes(graph, pos, ax=ax, node_color=colors, node_size=260)
-    if labels:
-        nx.draw_networkx_labels(graph, pos, ax=ax, font_size=7,
-                                labels={n: a["label"].split(":")[-1] for n, a in graph.nodes(data=True) if n != "cluster"})
-    ax.set_axis_off()
-    ranks = sum(1 for _, r in graph.nodes(data="role") if r == "rank")
-    workers = sum(1 for _, r in graph.nodes(data="role") if r == "worker")
-    ax.set_title(f"{ranks} MPI ranks, {workers} workers: cluster -> rank -> Node Zero -> spheres")
-    return ax
 
 
 # ---------------------------------------------------------------------- CLI and scripts

@@ -1,5 +1,6 @@
-"""The live dashboard: each panel built on a tiny trainer, updated, and checked on the data it
-would draw; then the monitor thread, the buttons and resize while training runs."""
+"""The browser dashboard, tested on the data it sends: each panel built on a tiny trainer or a
+fake run folder, `refresh()`, then assertions on the traits the ES module draws (not pixels;
+tests/test_browser.py checks the page)."""
 
 import logging
 import threading
@@ -9,12 +10,12 @@ import numpy as np
 import pytest
 
 from crystalline import Trainer, preset
+from crystalline.engine.hierarchy import Hierarchy
 from crystalline.viz.dashboard import Dashboard
-from crystalline.viz.figure_panels import (TIME_FIELDS, CurvesPanel, HierarchyPanel,
-                                           ThroughputPanel, TimeSplitPanel)
-from crystalline.viz.panels import GroupLoadPanel, StatusPanel
-
-PNG = b"\x89PNG"
+from crystalline.viz.dashboard import data as D
+from crystalline.viz.dashboard.panels import TimeSplitPanel, TreePanel
+from crystalline.viz.dashboard.sources import Pull, RunSource
+from crystalline.viz.style import PHASES, THROUGHPUT_STOPS
 
 
 @pytest.fixture
@@ -27,249 +28,394 @@ def trainer(shakespeare):
 
 @pytest.fixture
 def dashboard(trainer):
-    dash = Dashboard(trainer, refresh_hz=5, figure_interval=0.2)
+    dash = Dashboard(trainer, refresh_hz=10)
     yield dash
     dash.close()
 
 
-def pull(tr, cursor=0, generation=1):
-    """What the Dashboard hands its panels: a snapshot plus generation and hierarchy."""
-    snap = tr.stats.snapshot()
-    snap.update(generation=generation, hierarchy=tr.hierarchy)
-    records, cursor = tr.history.since(cursor)
-    return snap, records, cursor
-
-
 def wait_for(condition, timeout=30.0, what="condition"):
-    """Poll `condition` every 50 ms until it holds; fail after `timeout` seconds."""
+    """Poll `condition` every 20 ms until it holds; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    pause = threading.Event()
+    tick = threading.Event()
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        pause.wait(0.05)
+        tick.wait(0.02)
 
 
-def is_png(image) -> bool:
-    return bytes(image.value[:4]) == PNG
+def curve_steps(dash) -> list[int]:
+    """The steps the browser draws: the curves' base followed by the recent steps."""
+    return dash.view("curves")["step"] + dash.view("curves_recent")["step"]
 
 
-def dashboard_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("crystalline-")]
+def fake_snapshot(workers: int, tokens_per_s, slowdown=None) -> dict:
+    """A stats snapshot of Hierarchy.for_workers(workers) with given per-worker tokens/s."""
+    h = Hierarchy.for_workers(workers)
+    n = len(h)
+    role = np.array(["node_zero" if s.is_node_zero else s.role for s in h])
+    tps = np.zeros(n)
+    tps[[w.id for w in h.workers]] = tokens_per_s
+    snap = {"sphere_id": np.arange(n), "role": role, "group": np.array([s.group for s in h]),
+            "level": np.array([s.level for s in h]),
+            "worker_index": np.array([s.worker_index for s in h]), "tokens_per_s": tps,
+            "bytes": np.full(n, 1000.0), "phase": np.zeros(n), "step": 1,
+            **{c: np.zeros(n) for c in ("compute_s", "wait_a_s", "wait_b_s", "reduce_s")}}
+    if slowdown is not None:
+        snap["slowdown"] = np.ones(n)
+        snap["slowdown"][[w.id for w in h.workers]] = slowdown
+    return snap, h
 
 
-# ---------------------------------------------------------------------------- panels
-def test_group_load_shares_sum_to_one_and_colour_by_fair_share(trainer):
-    panel = GroupLoadPanel()
-    snap, records, _ = pull(trainer)
-    panel.update(snap, records)
-    assert panel.data["level"][:3] == ["waiting"] * 3 and panel.data["level"][3:] == ["idle"] * 9
-    assert panel.data["slowest"] == -1 and not panel.data["share"].any()
-
-    trainer.run(3, progress=False)
-    snap, records, _ = pull(trainer)
-    panel.update(snap, records)
-    d = panel.data
-    assert d["share"].sum() == pytest.approx(1.0)
-    assert d["active"].tolist() == [True] * 3 + [False] * 9
-    assert d["fair_share"] == pytest.approx(1 / 3)
-    workers = snap["role"] == "worker"
-    expected = np.bincount(snap["group"][workers], snap["tokens_per_s"][workers], minlength=12)
-    np.testing.assert_allclose(d["tokens_per_s"], expected)
-    assert d["slowest"] == trainer.slowest_group()
-    for g in range(3):                                  # the bars show what data says
-        assert panel.bars[g].value == pytest.approx(min(d["share"][g], 2 / 3))   # full at 2x fair
-        assert panel.bars[g].max == pytest.approx(2 / 3)
-        assert "tok/s" in panel.values[g].value
-    assert "no workers" in panel.values[5].value
-
-    # Thresholds: one group at half its fair share is a red straggler, one at 0.8 orange.
-    snap = dict(snap)
-    tps = np.zeros_like(snap["tokens_per_s"])
-    tps[np.flatnonzero(workers)] = [1000.0, 1000.0, 1000.0]
-    tps[np.flatnonzero(workers)[2]] = 500.0             # share 0.2 of fair 1/3: ratio 0.6
-    snap["tokens_per_s"] = tps
-    panel.update(snap, [])
-    assert panel.data["level"][:3] == ["ok", "ok", "straggler"]
-    assert [b.bar_style for b in panel.bars[:3]] == ["success", "success", "danger"]
-    tps[np.flatnonzero(workers)[2]] = 800.0             # share 0.2857, ratio 0.857
-    panel.update(snap, [])
-    assert panel.data["level"][2] == "low" and panel.bars[2].bar_style == "warning"
+def a_pull(snap, h, records=(), steps=1, timeline=None, state="running"):
+    return Pull(snap, list(records), len(records), lambda: timeline, state, steps,
+                int((snap["role"] == "worker").sum()), 1, [h])
 
 
-def test_curves_have_one_point_per_step_and_a_bounded_history(trainer):
-    panel, small = CurvesPanel(), CurvesPanel(history=4)
-    panel.min_interval = small.min_interval = 0
-    trainer.run(5, progress=False)
-    snap, records, cursor = pull(trainer)
-    panel.update(snap, records)
-    small.update(snap, records)
-    assert panel.data["step"].tolist() == [0, 1, 2, 3, 4]
-    np.testing.assert_allclose(panel.data["loss"], trainer.history.column("loss"))
-    np.testing.assert_allclose(panel.data["rss_mib"], trainer.history.column("rss") / 2**20)
-    assert is_png(panel.widget)
-
-    trainer.run(3, progress=False)
-    trainer._evaluate_into_history()                    # a validation point on step 7
-    snap, records, cursor = pull(trainer, cursor)
-    assert len(records) == 3                            # the cursor reads only what is new
-    panel.update(snap, records)
-    small.update(snap, records)
-    assert panel.data["step"].tolist() == list(range(8))
-    assert panel.data["val_step"].tolist() == [7]
-    assert small.data["step"].tolist() == [4, 5, 6, 7]
-    assert panel.renders == 2
+def timeline_of(intervals):
+    """Contract arrays from (sphere, step, phase, start, end) tuples, sorted by start."""
+    intervals = sorted(intervals, key=lambda r: r[3])
+    cols = list(zip(*intervals))
+    return {"sphere": np.array(cols[0]), "rank": np.zeros(len(intervals), dtype=int),
+            "step": np.array(cols[1]), "phase": np.array(cols[2]), "start": np.array(cols[3]),
+            "end": np.array(cols[4])}
 
 
-def test_time_split_is_the_stats_delta_between_pulls(trainer):
+class FakeRun:
+    """A run folder as crystalline.open_run gives it (the contract), backed by a finished tiny
+    trainer; `request` records what the dashboard asked."""
+
+    def __init__(self, trainer, alive=True, state="running", controllable=True, timeline=None):
+        self.path = "runs/fake-run"
+        self.trainer, self.alive, self.state, self.controllable = trainer, alive, state, controllable
+        self._timeline = timeline
+        self.requests = []
+
+    @property
+    def hierarchies(self):
+        return [self.trainer.hierarchy]
+
+    def snapshot(self):
+        return {**self.trainer.stats.snapshot(), "rank": np.zeros(len(self.trainer.hierarchy))}
+
+    def history(self):
+        return list(self.trainer.history)
+
+    def timeline(self, last=50):
+        return self._timeline
+
+    def request(self, action, **kw):
+        self.requests.append((action, kw))
+
+
+# ---------------------------------------------------------------------------- the data
+def test_the_phase_vocabulary_is_the_engines():
+    from crystalline.engine.stats import PHASES as ENGINE_PHASES
+    assert PHASES == ENGINE_PHASES
+
+
+def test_group_load_shares_levels_and_the_fair_share():
+    snap, _ = fake_snapshot(3, [1000.0, 1000.0, 500.0])     # share 0.2 of fair 1/3: straggler
+    load = D.group_load(snap)
+    assert load["share"].sum() == pytest.approx(1.0)
+    assert load["fair_share"] == pytest.approx(1 / 3)
+    assert load["active"].tolist() == [True] * 3 + [False] * 9
+    assert load["level"][:3] == ["ok", "ok", "straggler"] and load["level"][3:] == ["idle"] * 9
+    snap["tokens_per_s"][3] = 800.0                          # ratio 0.857: low
+    assert D.group_load(snap)["level"][2] == "low"
+    snap["tokens_per_s"][:] = 0
+    assert D.group_load(snap)["level"][:3] == ["waiting"] * 3
+
+
+def test_no_slowest_group_with_one_group_or_within_noise():
+    one, _ = fake_snapshot(1, [1234.0])
+    assert D.slowest_group(D.group_load(one)) == -1
+    close, _ = fake_snapshot(12, 1000.0 * (1 + 0.02 * np.linspace(-1, 1, 12)))   # +-2%
+    assert D.slowest_group(D.group_load(close)) == -1
+    behind, _ = fake_snapshot(12, [1000.0] * 7 + [800.0] + [1000.0] * 4)
+    assert D.slowest_group(D.group_load(behind)) == 7
+    before_any_step, _ = fake_snapshot(12, [0.0] * 12)
+    assert D.slowest_group(D.group_load(before_any_step)) == -1
+
+
+def colour_position(ratio: float) -> float:
+    """Where a ratio lands on the tree's colour scale, 0..1 (as dashboard.js maps it)."""
+    lo, hi = THROUGHPUT_STOPS[0][0], THROUGHPUT_STOPS[-1][0]
+    return (min(max(ratio, lo), hi) - lo) / (hi - lo)
+
+
+def test_the_throughput_colour_scale_is_anchored_at_the_fair_share():
+    snap, h = fake_snapshot(6, [1000.0, 1010.0, 1020.0, 1000.0, 1010.0, 1020.0])   # 2% spread
+    ratio = D.throughput_ratio(snap)
+    workers = [w.id for w in h.workers]
+    assert np.isnan(ratio[0])                                  # Node Zero: no throughput
+    np.testing.assert_allclose(ratio[workers], np.array([1000, 1010, 1020] * 2) / 1010.0)
+    spread = colour_position(ratio[workers].max()) - colour_position(ratio[workers].min())
+    assert spread < 0.03                                       # not the full colour range
+    slow, _ = fake_snapshot(2, [500.0, 1500.0])                # 0.5x and 1.5x the mean
+    positions = [colour_position(r) for r in D.throughput_ratio(slow)[1:]]
+    assert positions == pytest.approx([0.0, 1.0])
+
+
+def test_curves_drop_the_first_step_after_a_resize_pause_or_restart():
+    rec = lambda step, t, workers=6, tps=100.0: {"step": step, "loss": 2.0, "tokens_per_s": tps,   # noqa: E731
+                                                 "seconds": 0.1, "time": t, "workers": workers,
+                                                 "rss": 2**20}
+    records = [rec(0, 0.1, 3, tps=5.0), rec(1, 0.2, 3), rec(2, 0.3, 3),
+               rec(3, 0.4, tps=3.0),                           # resized to 6: a cold tree
+               rec(4, 0.5), rec(5, 30.0, tps=4.0),             # a pause of 30 s
+               rec(6, 30.1), rec(3, 0.2, tps=2.0)]             # restart from a checkpoint
+    points = D.curve_points(records)
+    assert points["cut"] == [True, False, False, True, False, True, False, True]
+    assert points["tokens_per_s"] == [None, 100.0, 100.0, None, 100.0, None, 100.0, None]
+    assert points["loss"] == [2.0] * 8 and points["rss_mib"] == [1.0] * 8
+
+
+def test_time_split_is_the_stats_delta_per_step(trainer):
     panel = TimeSplitPanel()
-    panel.min_interval = 0
     trainer.run(2, progress=False)
-    first, records, cursor = pull(trainer)
-    panel.update(first, records)
-    columns = lambda s: np.stack([s[f] for f in TIME_FIELDS], axis=1)   # noqa: E731
-    np.testing.assert_allclose(panel.data["seconds"], columns(first))  # from the tree's start
-    assert panel.data["steps"] == 2
-
+    first = trainer.stats.snapshot()
+    records, cursor = trainer.history.since(0)
+    panel.update(a_pull(first, trainer.hierarchy, records, 2))
+    ms = np.array(panel.data["ms"])
+    expected = np.stack([first[c] for c in ("compute_s", "wait_a_s", "wait_b_s", "reduce_s")], 1)
+    np.testing.assert_allclose(ms, 1e3 * expected / 2, rtol=5e-3)
+    assert panel.data["labels"] == ["N0", "w0", "w1", "w2"] and panel.data["steps"] == 2
     trainer.run(3, progress=False)
-    second, records, cursor = pull(trainer, cursor)
-    panel.update(second, records)
-    np.testing.assert_allclose(panel.data["seconds"], columns(second) - columns(first))
-    assert panel.data["steps"] == 3
-    np.testing.assert_allclose(panel.data["ms_per_step"], 1e3 * panel.data["seconds"] / 3)
-    assert (panel.data["seconds"][1:, 0] > 0).all()     # every worker computed
-    assert panel.data["seconds"][0, 3] > 0              # Node Zero reduced
-    assert panel.data["labels"] == ["N0", "w0", "w1", "w2"]
-
-    unchanged = panel.data
-    panel.update(pull(trainer, cursor)[0], [])          # no step since: keep the last split
-    assert panel.data is unchanged
-
-    trainer.resize(workers=2)                           # a new stats object starts at zero
-    trainer.run(1, progress=False)
-    third, records, cursor = pull(trainer, cursor, generation=2)
-    panel.update(third, records)
-    assert panel.data["labels"] == ["N0", "w0", "w1"]
-    np.testing.assert_allclose(panel.data["seconds"], columns(third))
+    second = trainer.stats.snapshot()
+    records, _ = trainer.history.since(cursor)
+    panel.update(a_pull(second, trainer.hierarchy, records, 5))
+    delta = np.stack([second[c] - first[c] for c in ("compute_s", "wait_a_s", "wait_b_s",
+                                                      "reduce_s")], 1)
+    np.testing.assert_allclose(np.array(panel.data["ms"]), 1e3 * delta / 3, rtol=5e-3, atol=1e-3)
+    assert (np.array(panel.data["ms"])[1:, 0] > 0).all()      # every worker computed
 
 
-def test_throughput_and_hierarchy_panels_follow_the_workers(trainer):
-    throughput, tree = ThroughputPanel(), HierarchyPanel()
-    throughput.min_interval = tree.min_interval = 0
-    for _ in range(3):
-        trainer.run(1, progress=False)
-        snap, records, _ = pull(trainer)
-        throughput.update(snap, records)
-        tree.update(snap, records)
-    series = throughput.data["workers"]
-    assert sorted(series) == [0, 1, 2]
-    steps, tps = series[1]
-    assert steps.tolist() == [1, 2, 3]                  # one sample per pull that saw a step
-    assert tps[-1] == snap["tokens_per_s"][2]           # worker 1 is sphere 2
-    np.testing.assert_array_equal(throughput.data["bytes"], snap["bytes"])
-    assert throughput.data["bytes"][1:].min() > 0
-    assert tree.data["values"] == {i: snap["tokens_per_s"][i] for i in (1, 2, 3)}
-    assert tree.data["hierarchy"] is trainer.hierarchy
-    assert is_png(throughput.widget) and is_png(tree.widget)
+def test_task_stream_names_who_point_b_waited_for():
+    snap, h = fake_snapshot(2, [1.0, 1.0])                     # N0 = 0, w0 = 1, w1 = 2
+    t = 1000.0
+    intervals = []
+    for step in range(7):
+        s = t + step
+        late = 0.030 if step % 2 else 0.005                    # w1 is slower on odd steps only
+        intervals += [(1, step, "wait_a", s, s + 0.001), (2, step, "wait_a", s, s + 0.001),
+                      (1, step, "compute", s + 0.001, s + 0.011),
+                      (2, step, "compute", s + 0.001, s + 0.001 + late),
+                      (1, step, "wait_b", s + 0.011, s + 0.001 + max(late, 0.010)),
+                      (2, step, "wait_b", s + 0.001 + late, s + 0.001 + late),
+                      (0, step, "wait_b", s + 0.0005, s + 0.001 + late),
+                      (0, step, "reduce", s + 0.002 + late, s + 0.004 + late),
+                      (0, step, "update", s + 0.004 + late, s + 0.005 + late)]
+    stream = D.task_stream(timeline_of(intervals), snap, steps=3)
+    assert stream["labels"] == ["N0", "w0", "w1"]
+    assert sorted(set(stream["step"])) == [4, 5, 6]            # the last 3 steps only
+    assert stream["t0"] == pytest.approx(t + 4)
+    # Point B waited for the last to arrive: w1 on odd steps, w0 on even ones.
+    assert [(w["step"], w["label"]) for w in stream["waited_for"]] == [(4, "w0"), (5, "w1"),
+                                                                       (6, "w0")]
+    by_step = {w["step"]: w["ms"] for w in stream["waited_for"]}
+    assert by_step[5] == pytest.approx(1e3 * (0.031 - 0.0005), abs=0.01)   # N0 waited longest
+    k = stream["phase"].index(PHASES.index("update"))
+    assert stream["row"][k] == 0 and stream["end_ms"][k] - stream["start_ms"][k] == pytest.approx(1.0, abs=0.01)
 
 
-def test_status_follows_the_trainer_state(trainer):
-    panel = StatusPanel(trainer)
-    panel.update(*pull(trainer)[:2])
-    assert panel.data["state"] == "idle" and "idle" in panel.widget.value
-    trainer.start()
-    wait_for(lambda: trainer.steps_done >= 3, what="three background steps")
-    trainer.pause()
-    wait_for(lambda: trainer.state == "paused", what="pause")
-    snap, records, _ = pull(trainer)
-    panel.update(snap, records)
-    d = panel.data
-    assert d["state"] == "paused" and d["step"] == trainer.steps_done and d["workers"] == 3
-    assert d["loss"] == records[-1]["loss"] and d["slowest"] == trainer.slowest_group()
-    assert f"g{d['slowest']}" in panel.widget.value
-    trainer.stop()
-    panel.update(*pull(trainer)[:2])
-    assert panel.data["state"] == "stopped"
+def test_slowed_spheres_are_marked():
+    snap, h = fake_snapshot(3, [1.0, 1.0, 1.0], slowdown=[1.0, 3.0, 1.0])
+    pull = a_pull(snap, h)
+    split, tree = TimeSplitPanel(), TreePanel()
+    split.update(pull)
+    tree.update(pull)
+    assert split.data["slowed"] == [False, False, True, False]    # N0, w0, w1, w2
+    assert tree.data["slowed"] == [False, False, True, False]     # by sphere id
 
 
-# ---------------------------------------------------------------------------- dashboard
-def test_monitor_updates_widgets_while_training_and_stop_ends_both(trainer, dashboard):
-    assert not dashboard_threads()
+# ---------------------------------------------------------------------------- the dashboard
+def test_what_the_browser_receives_after_steps(trainer, dashboard):
+    trainer.run(3, progress=False)
+    dashboard.refresh()
+    s = dashboard.view("status")
+    assert (s["state"], s["step"], s["workers_text"]) == ("stopped", 3, "3 workers")
+    assert s["loss"] == pytest.approx(trainer.history[-1]["loss"])
+    tps = dashboard.view("tree")["tokens_per_s"][1:]                   # the same pull: w0, w1, w2 are
+    assert sum(tps) > 0                                        # groups 0, 1, 2
+    assert dashboard.view("groups")["share"] == pytest.approx([t / sum(tps) for t in tps] + [0.0] * 9,
+                                                      rel=1e-3, abs=1e-4)
+    assert curve_steps(dashboard) == [0, 1, 2]
+    assert dashboard.view("tree_layout")["label"] == ["N0", "w0", "w1", "w2"]
+    assert dashboard.view("tree")["bytes"] == [int(b) for b in trainer.stats.snapshot()["bytes"]]
+    assert dashboard.view("split")["labels"] == ["N0", "w0", "w1", "w2"]
+    assert dashboard.errors == {}
+    stream = dashboard.view("stream")                                  # the trainer's phase timeline
+    assert sorted(set(stream["step"])) == [0, 1, 2] and stream["labels"] == ["N0", "w0", "w1", "w2"]
+    assert {w["label"] for w in stream["waited_for"]} <= {"w0", "w1", "w2"}
+    # Once the status line shows steps, no panel says it waits for the first one.
+    for name in ("groups", "curves", "split", "stream"):
+        assert "waiting" not in getattr(dashboard, name), name
+    # A few KB per update.
+    for name in ("status", "groups", "curves", "split", "tree", "tree_layout"):
+        assert len(getattr(dashboard, name)) < 4000, name     # the JSON text sent
+
+
+def test_one_worker_is_singular(shakespeare):
+    model_cfg, train_cfg = preset("tiny")
+    with Trainer(model_cfg, train_cfg.replace(eval_interval=0), shakespeare, workers=1) as tr:
+        tr.run(1, progress=False)
+        dash = Dashboard(tr)
+        assert dash.view("status")["workers_text"] == "1 worker"
+        assert dash.view("status")["slowest"] == -1 and dash.view("status")["slowest_text"] == ""
+
+
+def test_an_invalid_worker_count_is_a_visible_message(trainer, dashboard):
+    for typed, says in (("abc", "not a whole number"), ("0", "out of range"),
+                        ("99999", "out of range"), ("", "not a whole number")):
+        assert not dashboard.act("resize", typed)
+        assert dashboard.message["error"] and says in dashboard.message["text"], typed
+        assert trainer.workers == 3
+    assert dashboard.act("resize", " 5 ")
+    assert dashboard.message == {"text": "resized to 5 workers", "error": False}
+    assert trainer.workers == 5 and dashboard.view("status")["workers_text"] == "5 workers"
+    # The browser's message reaches the same place.
+    dashboard._on_browser_message(dashboard, {"action": "resize", "workers": "x"}, [])
+    assert dashboard.message["error"] and trainer.workers == 5
+
+
+def test_pause_really_pauses_and_resume_goes_on(trainer, dashboard):
     dashboard.start_monitor()
     trainer.start()
-    first = dashboard.status.widget.value
-    wait_for(lambda: len(dashboard.curves.data["step"]) >= 5, what="five steps in the curves")
-    wait_for(lambda: dashboard.status.widget.value != first, what="a new status line")
-    wait_for(lambda: dashboard.groups.bars[0].value > 0, what="a group load bar")
-    wait_for(lambda: is_png(dashboard.time_split.widget), what="the time split")
-    assert "running" in dashboard.status.widget.value
-    assert dashboard.start_button.disabled and not dashboard.pause_button.disabled
-    assert {t.name for t in dashboard_threads()} == {"crystalline-driver", "crystalline-dashboard"}
-
-    dashboard.pause_button.click()
-    wait_for(lambda: dashboard.pause_button.description == "resume", what="the resume label")
-    dashboard.pause_button.click()
-    wait_for(lambda: dashboard.status.data["state"] == "running", what="running again")
-
-    dashboard.stop_button.click()
+    wait_for(lambda: dashboard.view("status").get("step", 0) >= 3, what="three steps on the status line")
+    assert dashboard.actions == ["pause", "stop", "resize"]
+    assert dashboard.act("pause")
+    with trainer._step_lock:                                   # the step in flight has ended
+        held = trainer.steps_done
+    seen = dashboard.refreshes
+    wait_for(lambda: dashboard.refreshes >= seen + 5, what="five refreshes while paused")
+    assert trainer.steps_done == held and dashboard.view("status")["step"] == held
+    assert dashboard.view("status")["state"] == "paused" and dashboard.actions == ["resume", "stop", "resize"]
+    assert dashboard.act("resume")
+    wait_for(lambda: dashboard.view("status")["step"] > held, what="steps after resume")
+    assert dashboard.act("stop")
     assert not dashboard.monitoring and not trainer.running
-    assert not dashboard_threads()                      # driver and monitor both ended
-    assert "stopped" in dashboard.status.widget.value
-    steps = trainer.steps_done
-    assert dashboard.status.data["step"] == steps
-    assert len(dashboard.curves.data["step"]) == steps  # one point per step, none lost
-
-    dashboard.start_button.click()                      # start again: trainer and monitor
-    wait_for(lambda: dashboard.status.data["step"] > steps, what="steps after a restart")
-    assert dashboard.monitoring
-    dashboard.stop()
-    assert not dashboard_threads()
+    assert dashboard.view("status")["state"] == "stopped"
+    assert curve_steps(dashboard) == list(range(trainer.steps_done))   # each step once, none lost
 
 
 def test_a_failing_panel_is_logged_and_nothing_else_stops(trainer, dashboard, caplog):
-    def broken(snapshot, records):
+    def broken(pull):
         raise ValueError("cannot draw this")
-    dashboard.time_split.compute = broken
+    dashboard.panels["split"].compute = broken
     dashboard.start_monitor()
     with caplog.at_level(logging.ERROR, logger="crystalline.viz.dashboard"):
         trainer.start()
-        wait_for(lambda: len(dashboard.curves.data["step"]) >= 10, what="curves despite the failure")
-        wait_for(lambda: "time split" in dashboard.error_line.value, what="the error line")
-        steps = trainer.steps_done
-        wait_for(lambda: trainer.steps_done > steps + 5, what="training to go on")
+        wait_for(lambda: len(curve_steps(dashboard)) >= 6, what="curves despite it")
+        wait_for(lambda: "split" in dashboard.errors, what="the error line")
     assert trainer.running and trainer.driver_error is None and dashboard.monitoring
-    assert dashboard.errors == {"time split": "ValueError: cannot draw this"}
-    failures = [r for r in caplog.records if "time split" in r.getMessage()]
+    assert dashboard.errors["split"] == "ValueError: cannot draw this"
+    failures = [r for r in caplog.records if "'split'" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is not None   # logged once, traceback
-    assert dashboard.groups.data["share"].sum() == pytest.approx(1.0)
     dashboard.stop()
 
 
-def test_resize_from_the_widget_while_training(trainer, dashboard):
-    dashboard.start_monitor()
-    trainer.start()
-    wait_for(lambda: trainer.steps_done >= 3, what="steps on 3 workers")
-    old_stats = trainer.stats
-    dashboard.workers_input.value = 6
-    dashboard.apply_button.click()                      # waits for the step in flight
-    assert trainer.workers == 6 and trainer.stats is not old_stats
-    assert "resized to 6 workers" in dashboard.message.value
-    assert trainer.running and trainer.driver_error is None
-    steps = trainer.steps_done
-    wait_for(lambda: trainer.steps_done >= steps + 5, what="training on the new tree")
-    assert trainer.history[-1]["workers"] == 6
-    wait_for(lambda: dashboard.groups.data["active"].sum() == 6, what="six groups in the bars")
-    wait_for(lambda: dashboard.time_split.data["labels"][-1] == "w5", what="the new time split")
-    wait_for(lambda: dashboard.status.data["workers"] == 6, what="the status line")
-    wait_for(lambda: dashboard.groups.data["share"].sum() == pytest.approx(1.0),
-             what="shares of the new tree")
-    dashboard.stop()
-    assert trainer.driver_error is None and not dashboard_threads()
+def test_a_live_run_is_controlled_through_its_control_file(trainer):
+    trainer.run(4, progress=False)
+    run = FakeRun(trainer)
+    dash = Dashboard(run)
+    assert dash.actions == ["pause", "stop", "resize"]
+    assert dash.view("status")["kind"] == "run folder" and dash.view("status")["step"] == 4
+    assert dash.act("pause") and dash.act("resize", "7") and not dash.act("resize", "-1")
+    assert run.requests == [("pause", {}), ("resize", {"workers": 7})]
+    run.state = "paused"
+    dash.refresh()
+    assert dash.actions == ["resume", "stop", "resize"]
+    run.controllable = False                       # e.g. an MPI rank that reads no control file
+    dash.refresh()
+    assert dash.actions == [] and not dash.act("stop")
+    assert run.requests[-1] == ("resize", {"workers": 7})
 
 
-def test_failed_actions_are_shown_not_raised(trainer, dashboard):
-    dashboard._guard(dashboard.resize, 0)
-    assert "workers=0 is invalid" in dashboard.message.value
-    assert trainer.workers == 3
-    with pytest.raises(Exception, match="refresh_hz"):
-        Dashboard(trainer, refresh_hz=0)
+def test_pause_through_the_control_file_of_a_real_run_folder(shakespeare, tmp_path):
+    """A Trainer writing a run folder, watched as a Run (what `crystalline watch` does): pause
+    from the dashboard goes through control.json and holds the step count."""
+    from crystalline.runs import open_run
+    model_cfg, train_cfg = preset("tiny")
+    with Trainer(model_cfg, train_cfg.replace(eval_interval=0), shakespeare, workers=2,
+                 run_dir=tmp_path) as tr:
+        tr.start()
+        dash = Dashboard(open_run(tmp_path), refresh_hz=10)
+        wait_for(lambda: tr.steps_done >= 2, what="two steps")
+        dash.refresh()
+        assert dash.actions == ["pause", "stop", "resize"] and dash.view("status")["kind"] == "run folder"
+        assert dash.act("pause")
+        wait_for(lambda: open_run(tmp_path).state == "paused", what="the run to pause")
+        held = tr.steps_done
+        dash.start_monitor()
+        seen = dash.refreshes
+        wait_for(lambda: dash.refreshes >= seen + 5, what="five refreshes while paused")
+        assert tr.steps_done == held and dash.view("status")["state"] == "paused"
+        assert dash.actions == ["resume", "stop", "resize"]
+        assert dash.view("tree_layout")["label"] == ["N0", "w0", "w1"]
+        stream = dash.view("stream")
+        assert stream["row"] and set(stream["labels"]) == {"N0", "w0", "w1"}
+        assert {PHASES[p] for p in stream["phase"]} >= {"compute", "wait_b", "update"}
+        assert dash.act("resume")
+        wait_for(lambda: tr.steps_done > held, what="steps after resume")
+        assert dash.act("stop")
+        wait_for(lambda: not tr.running, what="the run to stop")
+        dash.close()
+
+
+def test_a_finished_run_replays_without_controls(trainer):
+    trainer.run(6, progress=False)
+    run = FakeRun(trainer, alive=False, state="finished")
+    dash = Dashboard(run)
+    assert dash.actions == []
+    assert curve_steps(dash) == list(range(6)) and dash.view("status")["state"] == "finished"
+    assert dash.view("split")["steps"] == 6 and dash.view("tree_layout")["label"][0] == "N0"
+    assert not dash.act("pause") and dash.message["error"]
+    assert isinstance(dash.source, RunSource)
+
+
+# ---------------------------------------------------------------------------- crystalline watch
+def test_watch_refuses_what_is_not_a_run_folder(tmp_path, capsys):
+    from crystalline.cli import main
+    assert main(["watch", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["watch", str(tmp_path / "notes.txt")]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
+    assert main(["watch", str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    assert main(["watch", str(tmp_path), "--port", "0"]) == 2
+    assert "--port 0 is invalid" in capsys.readouterr().err
+
+
+def test_watch_serves_a_notebook_of_the_run(tmp_path, monkeypatch):
+    from crystalline.commands import watch
+    nb = watch.watch_notebook(tmp_path)
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert nb["cells"][0]["source"].endswith(f"Dashboard({str(tmp_path)!r})")
+    voila = watch.server_command(tmp_path, 8870, True, lab=False)
+    assert voila[1:3] == ["-m", "voila"] and "--port=8870" in voila and "--no-browser" in voila
+    monkeypatch.setattr(watch.os, "geteuid", lambda: 0)
+    lab = watch.server_command(tmp_path, None, False, lab=True)
+    assert lab[1:3] == ["-m", "jupyterlab"] and "--allow-root" in lab
+    monkeypatch.setattr(watch.os, "geteuid", lambda: 1000)
+    assert "--allow-root" not in watch.server_command(tmp_path, None, False, lab=True)
+
+
+def test_two_mpi_ranks_are_drawn_side_by_side_with_their_own_rows():
+    """A Run's snapshot of 2 ranks: rows are concatenated rank by rank with a rank column."""
+    (a, h0), (b, h1) = fake_snapshot(2, [1.0, 1.0]), fake_snapshot(3, [1.0, 1.0, 1.0])
+    snap = {k: np.concatenate([a[k], b[k]]) for k in a if k != "step"}
+    snap["rank"] = np.array([0] * 3 + [1] * 4)
+    layout = D.cluster_tree_layout([h0, h1])
+    assert layout["label"] == ["r0:N0", "r0:w0", "r0:w1", "r1:N0", "r1:w0", "r1:w1", "r1:w2"]
+    assert layout["parent"] == [-1, 0, 0, -1, 3, 3, 3]           # rows, not per-rank ids
+    assert max(layout["x"][:3]) < min(layout["x"][3:])           # rank 1 to the right
+    assert D.sphere_labels(snap) == layout["label"]
+    timeline = timeline_of([(1, 0, "compute", 10.0, 10.2), (1, 0, "wait_b", 10.2, 10.3),   # r0:w0
+                            (1, 0, "compute", 10.0, 10.1), (1, 0, "wait_b", 10.1, 10.3)])  # r1:w0
+    timeline["rank"] = np.array([0, 1, 1, 0])     # sorted by start: r0 and r1 compute, r1, r0 at B
+    stream = D.task_stream(timeline, snap, steps=1)
+    rows = {(stream["labels"][r], PHASES[p]) for r, p in zip(stream["row"], stream["phase"])}
+    assert rows == {("r0:w0", "compute"), ("r0:w0", "wait_b"), ("r1:w0", "compute"),
+                    ("r1:w0", "wait_b")}
+    assert stream["waited_for"][0]["label"] == "r0:w0"          # it reached Point B last

@@ -271,7 +271,8 @@ def test_batch_smaller_than_ranks_is_a_clear_error(tmp_path):
 
 
 def test_graph_and_drawing_without_mpi():
-    from crystalline.distributed import distributed_graph, draw_distributed, rank_slices
+    from crystalline.distributed import distributed_graph, rank_slices
+    from crystalline.viz.cluster import draw_distributed
     from crystalline.errors import ConfigError
     g = distributed_graph([2, 3], batch_size=7)
     assert [g.nodes[f"r{k}"]["sequences"] for k in range(2)] == [(0, 4), (4, 3)]

@@ -5,6 +5,7 @@ checkpoint after a kill and a resume."""
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path

@@ -45,15 +45,11 @@ def _block_size(preset_name: str) -> int:
 # ---------------------------------------------------------------- 1. hierarchy
 def _hierarchy_table(workers: int) -> dict:
     from crystalline.engine.hierarchy import Hierarchy
-    from crystalline.viz.graph import radial_layout
-    h = Hierarchy.for_workers(workers)
-    pos = radial_layout(h)
-    return {"sphere_id": [s.id for s in h], "parent": [-1 if s.parent is None else s.parent.id
-                                                       for s in h],
-            "role": ["node_zero" if s.is_node_zero else s.role for s in h],
-            "level": [s.level for s in h], "position": [s.position for s in h],
-            "group": [s.group for s in h], "worker_index": [s.worker_index for s in h],
-            "x": [pos[s.id][0] for s in h], "y": [pos[s.id][1] for s in h]}
+    from crystalline.viz.dashboard.data import tree_layout
+    layout = tree_layout(Hierarchy.for_workers(workers), exact=True)   # what the dashboard draws
+    return {"sphere_id": layout["id"], **{k: layout[k] for k in ("parent", "role", "level")},
+            "position": layout["position"],
+            **{k: layout[k] for k in ("group", "worker_index", "x", "y")}}
 
 
 def hierarchy_from_table(table: dict):

@@ -23,8 +23,6 @@ import numpy as np
 
 from crystalline.errors import TrainingError
 
-TIME_PARTS = ("compute_s", "wait_a_s", "wait_b_s", "reduce_s")
-
 
 def _corpus():
     from crystalline.data.corpus import bundled_corpus, load_corpus
@@ -135,7 +133,9 @@ def _in_subprocess(preset_name, batch, seed, workers, sync, steps) -> dict:
 
 def measure_split(cfg, on_step=None) -> dict:
     """One run on cfg.split_workers workers: per-sphere seconds per step in each part of the
-    step (stats deltas after a first, untimed step) and per-step tokens/s of each group."""
+    step (stats deltas after a first, untimed step: the dashboard's time split) and per-step
+    tokens/s of each group."""
+    from crystalline.viz.dashboard.data import time_split
     with _trainer(cfg.split_preset, cfg.split_batch, cfg.seed, cfg.split_workers) as tr:
         tr.step()
         before = tr.stats.snapshot()
@@ -152,7 +152,7 @@ def measure_split(cfg, on_step=None) -> dict:
         "sphere_id": after["sphere_id"].tolist(), "role": after["role"].tolist(),
         "level": after["level"].tolist(), "group": after["group"].tolist(),
         "worker_index": after["worker_index"].tolist(),
-        **{part: ((after[part] - before[part]) / n).tolist() for part in TIME_PARTS},
+        **{part: seconds.tolist() for part, seconds in time_split(before, after, n).items()},
         "step": [r["step"] for r in history],
         "group_tokens_per_s": np.array([r["group_tokens_per_s"] for r in history]).tolist(),
         "seconds_per_step": wall / n,

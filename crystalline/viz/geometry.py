@@ -4,8 +4,8 @@
     c = kissing_centres()            # (12, 3): cuboctahedron vertices at distance 2 from 0
     fig = draw_kissing(highlight_groups=[0, 5]); fig.savefig("kissing.png")
 
-Outer sphere g is symmetry group g, coloured GROUP_COLORS[g]: the palette every figure of
-the hierarchy uses. Object API only (no pyplot), so figures draw from any thread with Agg.
+Outer sphere g is symmetry group g, coloured GROUP_COLORS[g] (crystalline.viz.style: the palette every
+view of the hierarchy uses). Object API only (no pyplot), so figures draw from any thread with Agg.
 """
 
 from __future__ import annotations
@@ -18,12 +18,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from crystalline.errors import ConfigError
+from crystalline.viz.style import GROUP_COLORS, NODE_ZERO_COLOR  # noqa: F401 - re-exported
 
-# One colour per symmetry group 0..11, shared by every figure: tab10 with its grey (kept for
-# Node Zero) swapped for plum, plus indigo and gold from tab20b.
-GROUP_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-                "#e377c2", "#7b4173", "#bcbd22", "#17becf", "#393b79", "#e7ba52")
-NODE_ZERO_COLOR = "#d9d9d9"   # the central sphere / Node Zero
 
 
 def kissing_centres(radius: float = 1.0) -> np.ndarray:

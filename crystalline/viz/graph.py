@@ -26,12 +26,11 @@ from matplotlib.lines import Line2D
 
 from crystalline.engine.hierarchy import Hierarchy
 from crystalline.errors import ConfigError
-from crystalline.viz.geometry import GROUP_COLORS, NODE_ZERO_COLOR
+from crystalline.viz.style import (NO_DATA_COLOR, ROLE_COLORS, ROLE_LABELS, group_color, plural,
+                                   role_of, sphere_label)
 
 COLOR_MODES = ("group", "throughput", "memory", "role")
-ROLE_COLORS = {"control": "#4c72b0", "worker": "#dd8452"}
-NO_DATA_COLOR = "#d0d0d0"
-MARKERS = {"node zero": "*", "control": "h", "worker": "o"}
+MARKERS = {"node_zero": "*", "control": "h", "worker": "o"}
 LEVEL_DIAMETER_PT = (34, 22, 13, 9, 7)   # marker size by level, before shrinking to fit a ring
 
 
@@ -137,9 +136,9 @@ def draw_hierarchy(h: Hierarchy, ax=None, color_by: str = "group", values=None,
     # Colours.
     norm = cmap = None
     if color_by == "group":
-        color = {s.id: NODE_ZERO_COLOR if s.is_node_zero else GROUP_COLORS[s.group] for s in h}
+        color = {s.id: group_color(s.group) for s in h}
     elif color_by == "role":
-        color = {s.id: NODE_ZERO_COLOR if s.is_node_zero else ROLE_COLORS[s.role] for s in h}
+        color = {s.id: ROLE_COLORS[role_of(s)] for s in h}
     else:
         data = _values_by_id(h, values, color_by)
         if color_by == "throughput":
@@ -148,7 +147,8 @@ def draw_hierarchy(h: Hierarchy, ax=None, color_by: str = "group", values=None,
             scale, unit = _memory_scale(max(map(abs, data.values()), default=0.0))
             bar_label, cmap = f"memory ({unit})", "plasma"
         data = {k: v / scale for k, v in data.items()}
-        low, high = min(data.values(), default=0.0), max(data.values(), default=1.0)
+        # Anchored at 0: a 2% spread between spheres stays a 2% change of colour.
+        low, high = min(0.0, *data.values()), max(0.0, *data.values())
         norm = Normalize(low, high if high > low else low + 1)
         colormap = colormaps[cmap]
         color = {s.id: colormap(norm(data[s.id])) if s.id in data else NO_DATA_COLOR for s in h}
@@ -162,31 +162,27 @@ def draw_hierarchy(h: Hierarchy, ax=None, color_by: str = "group", values=None,
     dense = len(h) > 400
     ax.add_collection(LineCollection(segments, colors="#9a9a9a", alpha=0.3 if dense else 0.6,
                                      linewidths=0.4 if dense else 0.9, zorder=1))
-    kinds = {"node zero": [h.node_zero],
+    kinds = {"node_zero": [h.node_zero],
              "control": [s for s in h.controls if not s.is_node_zero], "worker": h.workers}
     for kind, spheres in kinds.items():
         if not spheres:
             continue
         xy = np.array([pos[s.id] for s in spheres])
-        sizes = [(diameter[s.level] * (1.6 if kind == "node zero" else 1.0)) ** 2 for s in spheres]
+        sizes = [(diameter[s.level] * (1.6 if kind == "node_zero" else 1.0)) ** 2 for s in spheres]
         ax.scatter(xy[:, 0], xy[:, 1], s=sizes, marker=MARKERS[kind],
                    c=[color[s.id] for s in spheres], edgecolors="#333333",
                    linewidths=[0.8 if diameter[s.level] >= 8 else 0.3 if diameter[s.level] >= 4
                                else 0.0 for s in spheres],
-                   zorder=3 if kind == "worker" else 4, gid=f"spheres-{kind.replace(' ', '-')}")
+                   zorder=3 if kind == "worker" else 4, gid=f"spheres-{kind.replace('_', '-')}")
 
     _draw_labels(ax, h, pos, diameter, pt_per_unit, labels, color)
     if norm is not None:
         fig.colorbar(ScalarMappable(norm, cmap), ax=ax, shrink=0.7, pad=0.02, label=bar_label)
-    handles = [Line2D([], [], linestyle="", marker=MARKERS[k], markersize=ms, color="#bbbbbb",
-                      markeredgecolor="#333333", label=name)
-               for k, ms, name in (("node zero", 14, "Node Zero"),
-                                   ("control", 10, "control sphere"),
-                                   ("worker", 8, "worker sphere"))]
-    if color_by == "role":
-        handles[1].set_color(ROLE_COLORS["control"])
-        handles[2].set_color(ROLE_COLORS["worker"])
-    elif norm is not None and len(data) < len(h):
+    handles = [Line2D([], [], linestyle="", marker=MARKERS[role], markersize=ms,
+                      color=ROLE_COLORS[role] if color_by == "role" else "#bbbbbb",
+                      markeredgecolor="#333333", label=ROLE_LABELS[role])
+               for role, ms in (("node_zero", 14), ("control", 10), ("worker", 8))]
+    if norm is not None and len(data) < len(h):
         handles.append(Line2D([], [], linestyle="", marker="o", markersize=8, color=NO_DATA_COLOR,
                               label="no data"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
@@ -195,8 +191,7 @@ def draw_hierarchy(h: Hierarchy, ax=None, color_by: str = "group", values=None,
         by = {"group": "coloured by symmetry group (position under Node Zero)",
               "role": "coloured by role", "throughput": "coloured by throughput",
               "memory": "coloured by memory"}[color_by]
-        workers = f"{len(h.workers)} worker" + "s" * (len(h.workers) != 1)
-        title = f"{workers}, {len(h)} spheres, depth {h.depth}: {by}"
+        title = f"{plural(len(h.workers), 'worker')}, {len(h)} spheres, depth {h.depth}: {by}"
     ax.set_title(title, fontsize=11)
     return fig
 
@@ -214,7 +209,8 @@ def _draw_labels(ax, h: Hierarchy, pos, diameter, pt_per_unit, labels, color):
     if labels is None or labels is True:
         texts = {0: "N0"}
         for s in h.node_zero.children:
-            texts[s.id] = h.label(s) if s.role == "worker" else f"g{s.group}"
+            texts[s.id] = (sphere_label(role_of(s), s.id, s.worker_index) if s.is_worker
+                           else f"g{s.group}")
         for s in h.workers:                              # outer rings: only where text fits
             gap_pt = diameter[s.level] / 0.8
             if s.level > 1 and (labels is True or gap_pt >= 9.5):

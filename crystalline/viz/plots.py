@@ -16,13 +16,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, StrMethodFormatter
 
-from crystalline.viz.geometry import GROUP_COLORS, NODE_ZERO_COLOR
+from crystalline.viz.style import (GROUP_COLORS, PHASE_COLORS, TIME_COLUMN_LABELS, TIME_COLUMNS,
+                                   group_color, plural)
 
-# Parts of a step, in the order they happen, and their colours in every time-split plot.
-TIME_PARTS = {"compute_s": ("compute (forward + backward)", "#4c72b0"),
-              "wait_a_s": ("wait at Point A", "#f2b134"),
-              "wait_b_s": ("wait at Point B", "#e45756"),
-              "reduce_s": ("reduce (+ update on Node Zero)", "#54a24b")}
+# Parts of a step, in the order they happen, and their colours (the phases' colours).
+TIME_PARTS = {column: (TIME_COLUMN_LABELS[column], PHASE_COLORS[phase])
+              for column, phase in TIME_COLUMNS.items()}
 SYNC_COLORS = {"lock_free": "#4c72b0", "model_lock": "#c44e52"}
 LOSS_STYLES = ({"lw": 5.0, "alpha": 0.35}, {"lw": 2.0, "ls": "--"}, {"lw": 1.0, "ls": ":"},
                {"lw": 1.0, "ls": "-."})
@@ -56,7 +55,7 @@ def plot_loss_curves(steps, losses: dict, title: str | None = None) -> Figure:
     names = list(losses)
     reference = np.asarray(losses[names[0]], dtype=float)
     for k, name in enumerate(names):
-        top.plot(steps, losses[name], color=f"C{k}", label=f"{name} worker" + "s" * (name != 1),
+        top.plot(steps, losses[name], color=f"C{k}", label=plural(name, "worker"),
                  gid=f"loss-{name}", **LOSS_STYLES[k % len(LOSS_STYLES)])
     top.set_ylabel("training loss (nats / token)")
     top.legend(title="same run on", frameon=False)
@@ -164,7 +163,7 @@ def plot_time_split(sphere_ids, parts: dict, groups, roles, title: str | None = 
                linewidth=0)
         bottom += values
     top = float(bottom.max()) or 1.0
-    strip = [NODE_ZERO_COLOR if g < 0 else GROUP_COLORS[g] for g in groups]
+    strip = [group_color(g) for g in groups]
     ax.bar(x, top * 0.03, 0.85, bottom=-top * 0.045, color=strip, linewidth=0, gid="group-strip")
     ax.set_ylim(-top * 0.06, top * 1.2)
     roles = list(roles)

@@ -1,0 +1,175 @@
+"""What watching costs training: tokens/s with no dashboard, with a dashboard in this process,
+and with a dashboard in another process watching the run folder.
+
+    python benchmarks/dashboard_cost.py                      # cllm-4.5m, 2 and 63 workers
+    python benchmarks/dashboard_cost.py --workers 2 --rounds 3 --seconds 15
+
+One trainer per worker count trains in the background with a run folder (telemetry on in
+every case, so the observer is the only difference). Rounds alternate the three cases, the
+order rotating each round; each case's tokens/s is measured between step ends (the history
+records' times) over `--seconds`, and the table gives medians and their ratio to no dashboard.
+
+The in-process dashboard is `Dashboard(trainer, refresh_hz)` with its monitor thread running,
+its widget messages JSON-encoded as the kernel would send them (no browser is needed: pixels
+are drawn in the browser, so this is the whole cost in the training process). The other
+process runs `Dashboard(run_dir)` the same way (`--watch RUN_DIR`). Target: >= 0.98x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import comm
+from comm.base_comm import BaseComm
+
+CASES = ("no dashboard", "dashboard in this process", "dashboard in another process")
+
+
+class SerialisingComm(BaseComm):
+    """A comm that JSON-encodes every message, as ipykernel does before sending it."""
+
+    sent_bytes = 0
+    messages = 0
+
+    def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+        SerialisingComm.sent_bytes += len(json.dumps({"type": msg_type, "data": data,
+                                                      "metadata": metadata}, default=str))
+        SerialisingComm.messages += 1
+
+
+def use_serialising_comms() -> None:
+    comm.create_comm = lambda *args, **kw: SerialisingComm(*args, **kw)
+
+
+def watch(run_dir: str, refresh_hz: float) -> None:
+    """The other process: a dashboard on the run folder until stdin closes."""
+    use_serialising_comms()
+    from crystalline.viz.dashboard import Dashboard
+    dash = Dashboard(run_dir, refresh_hz=refresh_hz)
+    dash.start_monitor()
+    print("watching", flush=True)
+    sys.stdin.read()
+    dash.close()
+    print(json.dumps({"refreshes": dash.refreshes, "bytes": SerialisingComm.sent_bytes,
+                      "messages": SerialisingComm.messages}), flush=True)
+
+
+def wait_steps(tr, n: int) -> None:
+    target = tr.steps_done + n
+    tick = threading.Event()
+    while tr.steps_done < target:
+        if tr.driver_error is not None:
+            raise SystemExit(f"training failed: {tr.driver_error!r}")
+        tick.wait(0.05)
+
+
+def measure(tr, seconds: float) -> float:
+    """Tokens/s between the end of the next step and the last step ending `seconds` later."""
+    wait_steps(tr, 1)
+    first = len(tr.history)
+    start = tr.history[-1]["time"]
+    threading.Event().wait(seconds)
+    wait_steps(tr, 1)
+    records = list(tr.history)[first:]
+    return sum(r["tokens"] for r in records) / (records[-1]["time"] - start)
+
+
+class Observer:
+    """Start and stop one case's observer around a measurement."""
+
+    def __init__(self, case: str, tr, run_dir: Path, refresh_hz: float):
+        self.case, self.tr, self.run_dir, self.refresh_hz = case, tr, run_dir, refresh_hz
+        self.dash = self.proc = None
+        self.report = {}
+
+    def __enter__(self):
+        if self.case == CASES[1]:
+            from crystalline.viz.dashboard import Dashboard
+            self.dash = Dashboard(self.tr, refresh_hz=self.refresh_hz)
+            self.dash.start_monitor()
+        elif self.case == CASES[2]:
+            self.proc = subprocess.Popen([sys.executable, __file__, "--watch", str(self.run_dir),
+                                          "--refresh-hz", str(self.refresh_hz)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            if self.proc.stdout.readline().strip() != "watching":
+                raise SystemExit("the watching process did not start")
+            wait_steps(self.tr, 1)             # its start-up (imports) is not what we measure
+        return self
+
+    def __exit__(self, *exc):
+        if self.dash is not None:
+            self.report = {"refreshes": self.dash.refreshes}
+            self.dash.close()
+        if self.proc is not None:
+            out, _ = self.proc.communicate("", timeout=60)
+            self.report = json.loads(out.strip().splitlines()[-1])
+
+
+def run_workers(workers: int, args, corpus) -> dict[str, list[float]]:
+    from crystalline import Trainer, preset
+    model_cfg, train_cfg = preset(args.preset)
+    train_cfg = train_cfg.replace(eval_interval=0, max_steps=1_000_000,
+                                  **({"batch_size": args.batch} if args.batch else {}))
+    results: dict[str, list[float]] = {c: [] for c in CASES}
+    sent = []
+    with tempfile.TemporaryDirectory(prefix="dashboard-cost-") as run_dir, \
+            Trainer(model_cfg, train_cfg, corpus, workers=workers, run_dir=run_dir) as tr:
+        tr.step()                                   # compile / load kernels
+        tr.start()
+        wait_steps(tr, 2)
+        for k in range(args.rounds):
+            order = CASES[k % 3:] + CASES[:k % 3]
+            for case in order:
+                before = SerialisingComm.sent_bytes
+                with Observer(case, tr, Path(run_dir), args.refresh_hz) as observer:
+                    tps = measure(tr, args.seconds)
+                results[case].append(tps)
+                if case == CASES[1]:
+                    sent.append((SerialisingComm.sent_bytes - before) / max(1, observer.report["refreshes"]))
+                print(f"  {workers} workers, round {k + 1}: {case:<30} {tps:10,.0f} tokens/s "
+                      f"{observer.report or ''}", flush=True)
+        tr.stop()
+    if sent:
+        print(f"  in-process dashboard sent {statistics.median(sent) / 1e3:.1f} KB per refresh "
+              "(median over rounds)")
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cllm-4.5m")
+    p.add_argument("--workers", type=int, nargs="+", default=[2, 63])
+    p.add_argument("--batch", type=int, default=None, help="global batch (default: the preset's)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=20.0, help="length of one measurement")
+    p.add_argument("--refresh-hz", type=float, default=3.0)
+    p.add_argument("--watch", metavar="RUN_DIR", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.watch:
+        return watch(args.watch, args.refresh_hz)
+    use_serialising_comms()
+    from crystalline.data.corpus import bundled_corpus, load_corpus
+    corpus = load_corpus(bundled_corpus())
+    table = {}
+    for workers in args.workers:
+        table[workers] = run_workers(workers, args, corpus)
+    print(f"\n{args.preset}, {args.rounds} alternated rounds of {args.seconds:.0f} s, refresh "
+          f"{args.refresh_hz:g} Hz; medians\n")
+    print("| workers | case | tokens/s | vs no dashboard |")
+    print("| ---: | --- | ---: | ---: |")
+    for workers, results in table.items():
+        base = statistics.median(results[CASES[0]])
+        for case in CASES:
+            median = statistics.median(results[case])
+            print(f"| {workers} | {case} | {median:,.0f} | {median / base:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
