@@ -2,7 +2,7 @@
 
     folder = open_run_folder(path, resume_from=None, overwrite=False)   # RunFolderError if taken
     folder.begin(trainer, overwrite, resumed)   # once the trainer is built: clear / trim, config.toml
-    folder.close()                      # release the lock; a folder this run made and left empty goes
+    folder.close()                      # release the lock; a folder this run made and ran no step in goes
 
 A folder "holds a run" when it has a checkpoint.safetensors or a non-empty metrics.jsonl (a
 start that completed no step leaves only config.toml, and the folder is used again).
@@ -14,9 +14,9 @@ the PID that holds it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
+import shutil
 from pathlib import Path
 
 from crystalline.errors import RunFolderError
@@ -40,6 +40,10 @@ def resume_paths(resume: str | Path) -> tuple[Path, Path]:
                                  "pass a run folder written by crystalline train, or a checkpoint file")
         return resume / CHECKPOINT, resume
     return resume, resume.parent
+
+
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -92,12 +96,11 @@ class RunFolder:
         return len(kept)
 
     def close(self) -> None:
-        """Release the lock; remove the folder if this run created it and a failed start left it empty."""
+        """Release the lock; remove the folder if this run created it and completed no step in it
+        (a refused configuration, a start that failed or was stopped): nothing of a run is lost."""
         self.lock.release()
-        if self.created and {p.name for p in self.path.iterdir()} <= {self.lock.path.name}:
-            with contextlib.suppress(OSError):
-                self.lock.path.unlink()
-                self.path.rmdir()
+        if self.created and not self.checkpoint.exists() and not _nonempty(self.metrics):
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _unusable(path: Path, e: OSError) -> RunFolderError:
@@ -122,7 +125,7 @@ def open_run_folder(path: str | Path, resume_from: Path | None = None, overwrite
         raise _unusable(path, e) from None
     lock = RunLock(path).acquire()
     try:
-        held = [n for n in (CHECKPOINT, METRICS) if (path / n).is_file() and (path / n).stat().st_size]
+        held = [n for n in (CHECKPOINT, METRICS) if _nonempty(path / n)]
         resuming_here = resume_from is not None and _same(resume_from.parent, path)
         if resuming_here and overwrite:
             raise RunFolderError(f"--overwrite with --resume {resume_from} would delete the checkpoint "

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from crystalline.io import atomic_write_text
+
 NOTEBOOK = "watch.ipynb"
 
 
@@ -92,7 +94,7 @@ def run(args) -> int:
                           f"`pip install {server}`{other}")
     with tempfile.TemporaryDirectory(prefix="crystalline-watch-") as folder:
         folder = Path(folder)
-        (folder / NOTEBOOK).write_text(json.dumps(watch_notebook(run_dir), indent=1))
+        atomic_write_text(folder / NOTEBOOK, json.dumps(watch_notebook(run_dir), indent=1))
         print(f"crystalline: watching {run_dir} (Ctrl-C ends the server)", file=sys.stderr)
         try:
             return subprocess.call(server_command(folder, args.port, args.no_browser, args.lab),
