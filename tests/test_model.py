@@ -15,9 +15,18 @@ from crystalline.errors import ConfigError
 from crystalline.model.gpt import GPT
 from crystalline.model.kernels.adamw import adamw_step
 from crystalline.model.kernels.clip import grad_norm, scale_
-from crystalline.model.layout import ALIGN, DECAYED
+from crystalline.model.kernels.attention import tiled
+from crystalline.model.layout import ALIGN
 
 MICRO = ModelConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
+# Whole-model finite differences on each attention path: (config, batch, takes the register tiles).
+FD_PATHS = {
+    "blas-hs4": (MICRO, 2, False),
+    "blas-hs16-T8": (ModelConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=32), 2, False),
+    "tile-hs16": (ModelConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=32), 2, True),
+    "tile-hs32": (ModelConfig(vocab_size=13, block_size=32, n_layer=1, n_head=1, n_embd=32), 1, True),
+}
+DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")     # the README's list
 TINY = ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)
 CORPUS = pathlib.Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt"
 
@@ -60,12 +69,15 @@ def test_layout_and_init():
         assert np.all(arr == (1.0 if name in DECAYED else 0.0)), name
 
 
-def test_loss_matches_reference_and_grad_matches_finite_differences():
-    model = jiggled(MICRO)
-    idx, targets = batch(MICRO, 2, 6)
+@pytest.mark.parametrize("path", FD_PATHS)
+def test_loss_matches_reference_and_grad_matches_finite_differences(path):
+    cfg, B, is_tiled = FD_PATHS[path]
+    assert tiled(cfg.block_size, cfg.n_embd // cfg.n_head) == is_tiled
+    model = jiggled(cfg)
+    idx, targets = batch(cfg, B, cfg.block_size)
     loss = model.forward(idx, targets)
     p64 = {k: v.astype(np.float64) for k, v in model.param_views().items()}
-    ref_loss, ref_logits = ref.gpt_loss(p64, MICRO, idx, targets)
+    ref_loss, ref_logits = ref.gpt_loss(p64, cfg, idx, targets)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     np.testing.assert_allclose(model.logits, ref_logits, rtol=1e-4, atol=1e-4)
     grads = model.param_views(model.backward())
@@ -75,12 +87,12 @@ def test_loss_matches_reference_and_grad_matches_finite_differences():
         scale = np.abs(g).max()
         assert scale > 0, name
         flat_p, flat_g = p64[name].reshape(-1), g.reshape(-1)
-        for i in rng.choice(flat_g.size, size=min(6, flat_g.size), replace=False):
+        for i in rng.choice(flat_g.size, size=min(16, flat_g.size), replace=False):
             old = flat_p[i]
             flat_p[i] = old + h
-            lp = ref.gpt_loss(p64, MICRO, idx, targets)[0]
+            lp = ref.gpt_loss(p64, cfg, idx, targets)[0]
             flat_p[i] = old - h
-            lm = ref.gpt_loss(p64, MICRO, idx, targets)[0]
+            lm = ref.gpt_loss(p64, cfg, idx, targets)[0]
             flat_p[i] = old
             fd = (lp - lm) / (2 * h)
             assert abs(flat_g[i] - fd) <= 1e-3 * scale + 1e-3 * abs(fd), (name, i, flat_g[i], fd)
