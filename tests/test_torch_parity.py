@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 
+from reference import warmup_cosine   # the schedule, written in the tests
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
@@ -148,27 +150,6 @@ def test_weight_decay_alone_matches_torch():
 
 
 # ---- a Trainer's steps against torch.optim.AdamW and a schedule written here ------------------
-
-def warmup_cosine(step, peak, floor, warmup, total):
-    """llm.c's schedule, written independently: lr rises linearly over `warmup` steps (step s
-    gets peak * (s + 1) / warmup), then follows half a cosine from peak down to `floor` at `total`;
-    after `total` it stays at `floor`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if step >= total:
-        return floor
-    angle = math.pi * (step - warmup) / (total - warmup)
-    return floor + (peak - floor) * (math.cos(angle) + 1) / 2
-
-
-def test_the_schedule_written_here():
-    assert warmup_cosine(0, 1.0, 0.1, 4, 12) == 0.25
-    assert warmup_cosine(3, 1.0, 0.1, 4, 12) == 1.0
-    assert warmup_cosine(4, 1.0, 0.1, 4, 12) == 1.0
-    assert warmup_cosine(8, 1.0, 0.1, 4, 12) == pytest.approx(0.55)      # half way: the mean
-    assert warmup_cosine(12, 1.0, 0.1, 4, 12) == 0.1
-    assert warmup_cosine(40, 1.0, 0.1, 4, 12) == 0.1
-
 
 @pytest.fixture(scope="module")
 def trainer_and_torch_steps(shakespeare):
