@@ -180,15 +180,42 @@ def test_a_worker_raising_at_a_random_step_names_the_sphere_and_leaves_no_thread
     assert set(threading.enumerate()) <= before
 
 
-def test_pause_resume_and_step_after_stop(shakespeare):
+def test_pause_lets_the_step_in_flight_finish_then_no_step_runs_until_resume(shakespeare):
+    """pause() during step 2: step 2 completes, the driver then parks (we see it block in its
+    wait) and no step starts or completes while paused; resume() trains on. No sleeps: a worker
+    holds step 2 until pause() has returned, and the driver's wait reports when it blocks."""
     tr = make_trainer(shakespeare, workers=3)
+    in_step_2, release, parked = threading.Event(), threading.Event(), threading.Event()
+    started_while_paused = []
+    original_forward, original_wait = tr.model.forward_into, tr._running.wait
+
+    def forward(ws, x, y, params=None):
+        if tr.steps_done == 2:
+            in_step_2.set()
+            assert release.wait(30)
+        elif not tr._running.is_set():       # a step other than the one in flight at pause()
+            started_while_paused.append(tr.steps_done)
+        return original_forward(ws, x, y, params)
+
+    def wait(timeout=None):
+        if not tr._running.is_set():
+            parked.set()
+        return original_wait(timeout)
+
+    tr.model.forward_into, tr._running.wait = forward, wait
     tr.start()
+    assert in_step_2.wait(60)
     tr.pause()
-    done = tr.steps_done
+    assert tr.state == "paused"
+    release.set()
+    assert parked.wait(60), "the driver never stopped at pause()"
+    assert tr.steps_done == 3 and started_while_paused == []   # step 2 finished, step 3 not begun
+    assert tr.state == "paused" and len(tr.history) == 3
     tr.resume()
     tr.stop()
-    assert tr.steps_done >= done
+    assert tr.driver_error is None and started_while_paused == []
     n = tr.steps_done
+    assert n >= 3
     tr.step()
     assert tr.steps_done == n + 1
     tr.close()

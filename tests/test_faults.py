@@ -1,4 +1,4 @@
-"""Faults: non-finite gradients, a stuck sphere (watchdog), stop/pause storms, kill -9 mid-save."""
+"""Faults: non-finite gradients, a stuck sphere (watchdog), stop/pause storms, kill -9 inside a save."""
 
 import os
 import re
@@ -114,31 +114,70 @@ def test_stop_and_pause_storm_never_hangs_or_half_applies(shakespeare):
 
 
 SAVER = """
-import sys
+import hashlib, os, sys, threading
 from crystalline import Trainer
 from crystalline.config import preset
+path, corpus, mode, pause_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 m, t = preset("tiny")
-tr = Trainer(m, t.replace(eval_interval=0), sys.argv[2], workers=1)
+tr = Trainer(m, t.replace(eval_interval=0), corpus, workers=1)
+real = {"replace": os.replace, "rename": os.rename}
+
+def publishing(name):
+    # the rename that publishes a checkpoint (os.replace or os.rename, which Path.replace and
+    # Path.rename call): from step `pause_at` on, stop there, inside the write
+    return lambda src, dst: pause_then(real[name], src, dst)
+
+def pause_then(rename, src, dst):
+    if os.fspath(dst) == path and tr.steps_done >= pause_at:
+        if mode == "half-written":
+            os.truncate(src, os.path.getsize(src) // 2)       # as if killed while writing it
+        print("paused", tr.steps_done, os.fspath(src), os.path.getsize(src), flush=True)
+        threading.Event().wait()                              # until SIGKILL
+    rename(src, dst)
+
+os.replace, os.rename = publishing("replace"), publishing("rename")
 while True:
     tr.step()
-    tr.save(sys.argv[1])
-    print("saved", tr.steps_done, flush=True)
+    tr.save(path)
+    print("saved", tr.steps_done, hashlib.sha256(tr.model.params.tobytes()).hexdigest(), flush=True)
 """
 
 
-def test_kill_9_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("mode", ["before-rename", "half-written"])
+def test_kill_9_inside_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path, mode):
+    """The child stops inside save(): its temp file written (whole, or cut in half as by a kill
+    mid-write) and not yet renamed; kill -9 there, and the previous checkpoint loads, bit for bit.
+    A save that wrote the destination in place would never reach the pause and fails here."""
+    import hashlib
     path = tmp_path / "ckpt.safetensors"
     corpus = str(PACKAGE.parent / "data" / "tinyshakespeare.txt")
-    for kill_after in (3, 7, 12):
-        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), corpus], stdout=subprocess.PIPE,
-                                text=True)
+    pause_at = 3
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), corpus, mode, str(pause_at)],
+                            stdout=subprocess.PIPE, text=True)
+    saved, paused = {}, None
+    try:
         for line in proc.stdout:
-            if int(line.split()[1]) >= kill_after:
+            words = line.split()
+            if words[0] == "saved":
+                saved[int(words[1])] = words[2]
+                assert int(words[1]) < pause_at, "a save past the pause was never renamed into place"
+            else:
+                paused = words
                 break
-        proc.send_signal(signal.SIGKILL)      # lands at a random point of the save loop
+        assert paused is not None, f"the child ended with {proc.wait(30)} before pausing"
+        temp = Path(paused[2])
+        assert int(paused[1]) == pause_at and temp.exists() and temp != path
+        assert temp.stat().st_size == int(paused[3]) > 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-        tensors, meta = read_checkpoint(path)
-        assert meta["step"] >= kill_after and np.isfinite(tensors["params"]).all()
+    assert proc.returncode == -signal.SIGKILL
+    tensors, meta = read_checkpoint(path)
+    assert meta["step"] == pause_at - 1
+    assert hashlib.sha256(tensors["params"].tobytes()).hexdigest() == saved[pause_at - 1]
+    with Trainer.load(path, corpus=corpus, workers=1) as resumed:
+        assert resumed.steps_done == pause_at - 1
+        assert resumed.step().step == pause_at - 1
 
 
 def test_nothing_in_the_package_loads_pickles():
