@@ -83,6 +83,76 @@ def test_watchdog_names_the_sphere_that_has_not_arrived(shakespeare):
     tr.close()
 
 
+def test_watchdog_threshold_is_factor_times_the_recent_median_and_at_least_the_minimum(shakespeare):
+    """The README: a step is stalled after 10 x the recent median step time, at least 10 s (the
+    first step, which compiles, gets 60 s). The limit each step waits with is computed here from
+    the step times the trainer reported: the median of the last 20."""
+    import statistics
+    tr = Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=2)
+    assert (tr.watchdog_factor, tr.watchdog_min_s) == (10.0, 10.0)
+    limits = []
+    tree = tr._ensure_tree()
+    original_run = tree.run
+    tree.run = lambda job, stall_after, on_stall: (limits.append(stall_after),
+                                                   original_run(job, stall_after, on_stall))[1]
+    seconds = []
+    for factor, minimum, steps in ((10.0, 10.0, 3), (3.0, 0.0, 24), (3.0, 0.05, 3)):
+        tr.watchdog_factor, tr.watchdog_min_s = factor, minimum
+        for _ in range(steps):
+            expected = max(minimum, factor * statistics.median(seconds[-20:]) if seconds else 60.0)
+            seconds.append(tr.step().seconds)
+            assert limits[-1] == pytest.approx(expected, rel=1e-12), (len(seconds), seconds)
+    assert limits[0] == 60.0 and min(limits[1:3]) == 10.0
+    tr.watchdog_min_s = 1e6
+    tr.step()
+    assert limits[-1] == 1e6
+    tr.close()
+
+
+def test_a_stall_shows_on_the_progress_bar_in_the_log_and_in_trainer_stall(shakespeare, capsys, caplog):
+    """While worker 3 is held in step 3, the watchdog's report is in trainer.stall, in one log line
+    naming the sphere, and on run()'s progress bar; after the step, trainer.stall is None."""
+    import logging
+    tr = Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=5)
+    tr.run(3, progress=False)
+    tr.watchdog_min_s = 0.3
+    stuck = tr.hierarchy.workers[3]
+    logged, during = threading.Event(), []
+    original = tr.model.forward_into
+
+    class Flag(logging.Handler):
+        def emit(self, record):
+            logged.set()
+
+    def forward_into(ws, x, y, params=None):
+        if threading.current_thread().name == f"sphere-{stuck.id}-worker" and tr.steps_done == 3:
+            assert logged.wait(30)
+            during.append(dict(tr.stall))
+        return original(ws, x, y, params)
+
+    flag = Flag(logging.WARNING)
+    logging.getLogger("crystalline.engine.trainer").addHandler(flag)
+    tr.model.forward_into = forward_into
+    try:
+        with caplog.at_level(logging.WARNING, logger="crystalline.engine.trainer"):
+            tr.run(1, progress=True)
+    finally:
+        logging.getLogger("crystalline.engine.trainer").removeHandler(flag)
+    stall = during[0]
+    assert stall["step"] == 3 and stall["seconds"] >= 0.3
+    assert [(s["sphere"], s["worker"], s["group"], s["not_arrived_at"]) for s in stall["spheres"]] \
+        == [(stuck.id, 3, stuck.group, "B")]
+    assert tr.stall is None
+    line = f"sphere {stuck.id} (worker 3, group {stuck.group}) not at B"
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(re.fullmatch(rf"step 3 has run \d+\.\d s: waiting for {re.escape(line)}", m)
+               for m in messages), messages
+    bar = capsys.readouterr().err
+    assert re.search(rf"STALLED \d+s at step 3: sphere {stuck.id} \(worker, group {stuck.group}\) "
+                     "not at B", bar), bar
+    tr.close()
+
+
 def test_stop_and_pause_storm_never_hangs_or_half_applies(shakespeare):
     before = set(threading.enumerate())
     rng = np.random.default_rng(1)
