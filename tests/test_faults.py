@@ -83,6 +83,70 @@ def test_watchdog_names_the_sphere_that_has_not_arrived(shakespeare):
     tr.close()
 
 
+def inject_fault(tr, site, step):
+    """Raise RuntimeError("injected fault") at `step` in one sphere: a worker's forward or backward
+    (worker 13, group 1, level 2), a control sphere's reduction (group 1, level 1) or Node Zero's
+    update. Returns (the faulty sphere, a function that removes the fault)."""
+    import crystalline.engine.spheres as spheres
+    h = tr.hierarchy
+    if site in ("forward", "backward"):
+        sphere = h.workers[13]
+    elif site == "reduction":
+        sphere = next(s for s in h.spheres if s.role == "control" and s.group == 1)
+    else:
+        sphere = h.node_zero
+    thread = f"sphere-{sphere.id}-{'node-zero' if sphere.is_node_zero else sphere.role}"
+
+    def faulty(original):
+        def call(*args, **kwargs):
+            if tr.steps_done == step and threading.current_thread().name == thread:
+                raise RuntimeError("injected fault")
+            return original(*args, **kwargs)
+        return call
+
+    if site == "forward":
+        original, tr.model.forward_into = tr.model.forward_into, faulty(tr.model.forward_into)
+        return sphere, lambda: setattr(tr.model, "forward_into", original)
+    if site == "backward":
+        original, tr.model.backward_into = tr.model.backward_into, faulty(tr.model.backward_into)
+        return sphere, lambda: setattr(tr.model, "backward_into", original)
+    if site == "reduction":
+        original, spheres.reduce_rows = spheres.reduce_rows, faulty(spheres.reduce_rows)
+        return sphere, lambda: setattr(spheres, "reduce_rows", original)
+    original, tr.optimizer.update = tr.optimizer.update, faulty(tr.optimizer.update)
+    return sphere, lambda: setattr(tr.optimizer, "update", original)
+
+
+@pytest.mark.parametrize("site, role", [("forward", "worker"), ("backward", "worker"),
+                                        ("reduction", "control"), ("update", "node zero")])
+def test_a_fault_in_any_sphere_names_it_with_group_and_level_and_changes_nothing(shakespeare, site, role):
+    """15 workers, 24 sequences: Node Zero (level 0), 12 controls (level 1), workers at level 2;
+    groups 0-2 hold two busy workers, so their controls really reduce. The error names sphere, role, worker, group,
+    level, the exception and the step; parameters and AdamW state are as before the step; every
+    thread has ended; the next step rebuilds the tree."""
+    before = set(threading.enumerate())
+    tr = Trainer(MODEL_CFG, TRAIN_CFG.replace(batch_size=24), shakespeare, workers=15)
+    sphere, remove = inject_fault(tr, site, step=1)
+    assert (sphere.level, sphere.group) == {"worker": (2, 1), "control": (1, 1), "node zero": (0, -1)}[role] \
+        or (role == "node zero" and sphere.level == 0)
+    tr.step()
+    params, m, t = tr.model.params.copy(), tr.optimizer.m.copy(), tr.optimizer.t
+    expected = (rf"sphere {sphere.id} \({role}, worker {sphere.worker_index}, group {sphere.group}, "
+                rf"level {sphere.level}\) raised RuntimeError: injected fault during train step 1; "
+                "the parameters are as before that step")
+    try:
+        with pytest.raises(TrainingError, match=expected):
+            tr.step()
+    finally:
+        remove()          # reduce_rows is patched in its module: never leave it to other tests
+    assert np.array_equal(tr.model.params, params) and np.array_equal(tr.optimizer.m, m)
+    assert tr.optimizer.t == t and tr.steps_done == 1
+    assert set(threading.enumerate()) <= before | {threading.current_thread()}
+    assert tr.step().step == 1
+    tr.close()
+    assert set(threading.enumerate()) <= before
+
+
 def test_watchdog_threshold_is_factor_times_the_recent_median_and_at_least_the_minimum(shakespeare):
     """The README: a step is stalled after 10 x the recent median step time, at least 10 s (the
     first step, which compiles, gets 60 s). The limit each step waits with is computed here from
