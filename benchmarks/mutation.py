@@ -39,7 +39,7 @@ MODULES = {
                   ["tests/test_torch_parity.py", "tests/test_optimizer_reference.py",
                    "tests/test_faults.py::test_non_finite_gradient_skips_the_step_and_keeps_parameters_finite"]),
     "reduce": ("crystalline/engine/reduce.py",
-               ["tests/test_engine.py", "tests/test_hierarchy.py"]),
+               ["tests/test_reduce.py", "tests/test_engine.py"]),
     "layout": ("crystalline/model/layout.py",
                ["tests/test_model.py", "tests/test_torch_parity.py"]),
     "batching": ("crystalline/data/batching.py",
