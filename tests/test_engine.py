@@ -1,5 +1,6 @@
 """The engine's invariant, determinism, stats, resize and faults, on the tiny preset."""
 
+import math
 import threading
 
 import numpy as np
@@ -90,7 +91,10 @@ def test_loss_falls(shakespeare):
         results = tr.run(60, progress=False)
     first = np.mean([r.loss for r in results[:5]])
     last = np.mean([r.loss for r in results[-5:]])
-    assert first > 5.0 and last < first - 1.5, (first, last)
+    # an untrained model predicts bytes uniformly: ln 256 = 5.545 nats; 60 steps of batch 8 reach
+    # 3.27 over the last five steps (measured), about what the byte frequencies alone give (3.31)
+    assert results[0].loss == pytest.approx(math.log(256), abs=0.05), first
+    assert last < 3.5 and last < first - 2.0, (first, last)
 
 
 def test_stats_add_up_and_fill_every_time_field(shakespeare):
