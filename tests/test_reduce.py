@@ -52,7 +52,8 @@ def apply_plan(hierarchy, plan, rows):
     return rows
 
 
-@pytest.mark.parametrize("n, B", [(1, 4), (5, 12), (13, 24), (15, 12), (63, 64), (144, 300), (30, 24)])
+@pytest.mark.parametrize("n, B", [(1, 4), (5, 12), (13, 24), (15, 12), (63, 64), (144, 300), (30, 24),
+                                  (25, 5), (13, 3)])
 def test_reduction_plan_sums_every_busy_row_once_into_node_zeros_row(n, B):
     h = Hierarchy.for_workers(n)
     _, counts = split_by_group(B, [s.group for s in h.workers])
@@ -79,14 +80,19 @@ def test_reduction_plan_sums_every_busy_row_once_into_node_zeros_row(n, B):
 
 
 def test_a_control_with_only_idle_workers_has_no_target():
-    h = Hierarchy.for_workers(30)                        # 24 sequences: workers 24-29 idle
-    _, counts = split_by_group(24, [s.group for s in h.workers])
-    plan, _ = reduction_plan(h, counts)
-    idle = {w.worker_index for w in h.workers if counts[w.worker_index] == 0}
-    assert len(idle) == 6
-    for control in (s for s in h.spheres if s.role == "control"):
+    """25 workers, 5 sequences: groups 5-11 get none, so their controls contribute no row (-1)."""
+    h = Hierarchy.for_workers(25)
+    _, counts = split_by_group(5, [s.group for s in h.workers])
+    plan, root = reduction_plan(h, counts)
+    assert root == 0
+    for control in (s for s in h.spheres if s.role == "control" and not s.is_node_zero):
         target, sources = plan[control.id]
-        assert target not in idle and not set(sources) & idle
+        if control.group >= 5:
+            assert (target, list(sources)) == (-1, []), control
+        else:
+            busy = [c.worker_index for c in control.children if counts[c.worker_index] > 0]
+            assert [target, *sources] == busy, control
+    assert plan[h.node_zero.id] == (0, [plan[c.id][0] for c in h.node_zero.children[1:5]])
 
 
 def test_reduce_rows_adds_in_place_in_order():
