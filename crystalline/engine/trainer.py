@@ -113,6 +113,11 @@ class Trainer:
         if model_cfg.vocab_size != self.corpus.tokenizer.vocab_size:
             model_cfg = model_cfg.replace(vocab_size=self.corpus.tokenizer.vocab_size)
         self.model_cfg, self.train_cfg, self.sync = model_cfg, train_cfg, sync
+        # batches first: a corpus too short for a block is refused before anything is allocated
+        train_tokens, val_tokens = self.corpus.split(VAL_FRACTION)
+        T, B = model_cfg.block_size, train_cfg.batch_size
+        self.batches = Batches(train_tokens, T, B, train_cfg.seed)
+        self.val_batches = Batches(val_tokens, T, B, train_cfg.seed + 1) if len(val_tokens) > T + 1 else None
         self.model = GPT(model_cfg, seed=train_cfg.seed)
         self.optimizer = AdamW(self.model, train_cfg)
         self.steps_done = 0
@@ -124,10 +129,6 @@ class Trainer:
         self.stall: dict | None = None
         self.on_stall = None            # optional callable(stall dict), e.g. a progress bar's
         self._recent_seconds: deque[float] = deque(maxlen=20)
-        train_tokens, val_tokens = self.corpus.split(VAL_FRACTION)
-        T, B = model_cfg.block_size, train_cfg.batch_size
-        self.batches = Batches(train_tokens, T, B, train_cfg.seed)
-        self.val_batches = Batches(val_tokens, T, B, train_cfg.seed + 1) if len(val_tokens) > T + 1 else None
         self.history = History()
         self.hierarchy = self._make_hierarchy(workers, hierarchy)
         self.stats = SphereStats(self.hierarchy)
