@@ -6,10 +6,11 @@ import threading
 import numpy as np
 import pytest
 
+import reference as ref
 from crystalline import Hierarchy, Trainer
 from crystalline.config import preset
 from crystalline.data.batching import Batches
-from crystalline.engine.optimizer import ADAM_EPS, learning_rate
+from crystalline.engine.optimizer import ADAM_EPS
 from crystalline.engine.stats import FIELD
 from crystalline.engine.trainer import TrainingStopped
 from crystalline.errors import ConfigError, TrainingError
@@ -40,7 +41,9 @@ def reference_params(corpus, steps, train_cfg=TRAIN_CFG):
         norm = grad_norm(grad)
         if norm > train_cfg.grad_clip:
             scale_(grad, train_cfg.grad_clip / norm)
-        adamw_step(model.params, grad, m, v, model.decay_mask, learning_rate(step, train_cfg),
+        lr = ref.warmup_cosine(step, train_cfg.learning_rate, train_cfg.min_lr, train_cfg.warmup_steps,
+                               train_cfg.max_steps)          # the schedule written in the tests
+        adamw_step(model.params, grad, m, v, model.decay_mask, lr,
                    train_cfg.beta1, train_cfg.beta2, ADAM_EPS, train_cfg.weight_decay, step + 1)
     return model.params.copy()
 
