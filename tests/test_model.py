@@ -251,3 +251,21 @@ def test_workspace_views_share_memory_for_partial_batches():
         for name, arr in s.items():
             for part in (arr if isinstance(arr, list) else [arr]):
                 assert np.shares_memory(part, ws.buffer), (B, T, name)
+
+
+def test_buffers_hold_exactly_what_the_model_needs():
+    """No tensor larger than its shape needs and no gap beyond 64-byte alignment: the first
+    tensor starts at 0, each next one at the first aligned offset after the last, and the MLP's
+    and attention's activations have the sizes the model reads (4C per token, 4 C T scratch)."""
+    model = GPT(TINY, seed=0)
+    ws = model.workspace(3)
+    C, T, L, N = TINY.n_embd, TINY.block_size, TINY.n_layer, 3 * TINY.block_size
+    for layout, total in ((model.layout, model.params.size), (ws.layout, ws.buffer.size)):
+        end = 0
+        for name, shape, offset in layout:
+            assert offset == -(-end // ALIGN) * ALIGN, name
+            end = offset + int(np.prod(shape))
+        assert total == -(-end // ALIGN) * ALIGN
+    assert ws.a["fch"].shape == ws.a["fch_gelu"].shape == (L, N, 4 * C)
+    assert ws.a["dfch"].shape == ws.a["dfch_gelu"].shape == (N, 4 * C)
+    assert ws.a["att_scratch"].shape == (4 * C * T,)
