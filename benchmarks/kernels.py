@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 t0 = time.perf_counter()
-from crystalline.model.kernels.adamw import adamw_step  # noqa: E402
+from crystalline.model.kernels.adamw import adamw_step, adamw_step_is_finite  # noqa: E402
 from crystalline.model.kernels import blas  # noqa: E402
 from crystalline.model.kernels.attention import attention_backward, attention_forward  # noqa: E402
 from crystalline.model.kernels.clip import grad_norm, scale_  # noqa: E402
@@ -74,6 +74,8 @@ def cases(B, T, C, L, NH, V, P):
         ("softmax+xent", 1, 4 * N * V, lambda: crossentropy_forward(lm[0], mean, probs, tg, N, V),
          lambda: crossentropy_backward(lm[0], probs, tg, 1e-4, N, V)),
         ("adamw", 1, 12 * P, lambda: adamw_step(p, g, m, v, mask, 1e-9, 0.9, 0.95, 1e-8, 0.1, 3), None),
+        ("adamw check", 1, 12 * P,
+         lambda: adamw_step_is_finite(p, g, m, v, mask, 1e-9, 0.9, 0.95, 1e-8, 0.1, 3), None),
         ("grad norm+scale", 1, 3 * P, lambda: (grad_norm(g), scale_(g, 1.0)), None),
     ]
 

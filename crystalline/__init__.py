@@ -15,6 +15,10 @@ _LAZY = {
     "GPT": "crystalline.model.gpt",
     "Hierarchy": "crystalline.engine.hierarchy",
     "Trainer": "crystalline.engine.trainer",
+    "compare_runs": "crystalline.compare",
+    "plot_runs": "crystalline.compare",
+    "open_run": "crystalline.runs",
+    "RunError": "crystalline.errors",
 }
 
 __all__ = sorted(_LAZY)

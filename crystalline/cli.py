@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ["data", "train", "sample", "figures", "lab"]
+COMMANDS = ["data", "train", "sample", "export", "figures", "lab", "trace"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from crystalline.errors import CrystallineError
+    from crystalline import signals
+    previous = None
     try:
-        return args.func(args) or 0
-    except CrystallineError as e:
-        print(f"crystalline: error: {e}", file=sys.stderr)
-        return 2
+        previous = signals.install()     # before any heavy import: Ctrl-C / SIGTERM give no traceback
+        args = build_parser().parse_args(argv)
+        from crystalline.errors import CrystallineError
+        try:
+            return args.func(args) or 0
+        except CrystallineError as e:
+            print(f"crystalline: error: {e}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", 2)
+        print(f"crystalline: interrupted ({'SIGTERM' if signum == 15 else 'SIGINT'})", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signals.restore(previous)

@@ -5,12 +5,23 @@
     model_cfg = model_cfg.replace(n_layer=4)          # validated again
     ModelConfig.from_dict({"n_embd": 64, ...}); load_toml("run.toml"); save_toml(path, m, t)
 
-Every invalid value raises ConfigError naming the field and the fix, when the object is built.
+Every invalid value raises ConfigError naming the field and the fix, when the object is built:
+a wrong type, a non-finite float (inf, nan), or a value outside its field's range. Upper
+bounds (LIMITS; also the README's "What happens when...") keep every value representable and
+every allocation it implies finite; they sit far above anything this trainer can run:
+
+    vocab_size <= 2**31 - 1 (int32 token ids)    block_size, n_embd <= 65,536
+    n_layer <= 1,024                             parameters <= 2**31 - 1 (8 GiB per float32 copy)
+    batch_size, eval_batches <= 1,048,576        max_steps, warmup_steps, eval_interval <= 10**12
+    learning_rate <= 10 (an AdamW step moves a parameter by about the learning rate)
+    learning_rate * weight_decay <= 1 (more would flip the sign of every decayed parameter
+    each step and grow it without bound)         seed < 2**63
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +36,14 @@ FASTMATH = False
 # A sane upper bound on worker threads in one process (12**3 = one full 4-level lattice).
 MAX_WORKERS = 1728
 
+# Upper bounds of the integer fields and of learning_rate (see the module docstring).
+MAX_STEPS = 10**12
+LIMITS = {"vocab_size": 2**31 - 1, "block_size": 2**16, "n_layer": 1024, "n_embd": 2**16,
+          "n_head": 2**16, "batch_size": 2**20, "eval_batches": 2**20, "max_steps": MAX_STEPS,
+          "warmup_steps": MAX_STEPS, "eval_interval": MAX_STEPS, "seed": 2**63 - 1,
+          "learning_rate": 10.0}
+MAX_PARAMETERS = 2**31 - 1
+MAX_SAMPLE_TOKENS = 1_000_000   # tokens one `sample` (or train --sample) may generate
 
 
 class _Config:
@@ -32,14 +51,24 @@ class _Config:
 
     def __post_init__(self):
         for f in fields(self):
-            value = getattr(self, f.name)
-            kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}[f.type]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{type(self).__name__}.{f.name} must be a number, got {value!r}")
-            if kind is int and not float(value).is_integer():
-                raise ConfigError(f"{type(self).__name__}.{f.name} must be an integer, got {value!r}")
-            object.__setattr__(self, f.name, kind(value))
+            object.__setattr__(self, f.name, self._checked(f))
         self._validate()
+
+    def _checked(self, f):
+        """The field's value as its declared type, or a ConfigError naming the field."""
+        value, where = getattr(self, f.name), f"{type(self).__name__}.{f.name}"
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}[f.type]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where} = {value!r} is invalid: use a finite number")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        limit = LIMITS.get(f.name)
+        if (limit is not None and value > limit) or (kind is float and abs(value) > 1e300):
+            shown = repr(value) if len(repr(value)) <= 24 else f"a {len(repr(value))}-digit number"
+            raise ConfigError(f"{where} = {shown} is too large: use at most {limit or 1e300:,}")
+        return kind(value)
 
     def _validate(self):
         raise NotImplementedError
@@ -79,10 +108,18 @@ class ModelConfig(_Config):
     def _validate(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             self._require(getattr(self, name) > 0, name, "use a positive integer")
-        self._require(self.vocab_size <= 2**31 - 1, "vocab_size", "use at most 2**31 - 1 tokens")
         self._require(self.n_embd % self.n_head == 0, "n_embd",
                       f"n_embd must be divisible by n_head = {self.n_head} "
                       f"(e.g. n_embd = {self.n_head * max(1, round(self.n_embd / self.n_head))})")
+        self._require(self.num_parameters <= MAX_PARAMETERS, "n_embd",
+                      f"this shape has {self.num_parameters:,} parameters; at most {MAX_PARAMETERS:,} "
+                      "fit: lower n_embd, n_layer, block_size or vocab_size")
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of a GPT of this shape (tied LM head; layout padding not counted)."""
+        V, T, L, C = self.vocab_size, self.block_size, self.n_layer, self.n_embd
+        return V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C
 
 
 @dataclass(frozen=True)
@@ -108,6 +145,9 @@ class TrainConfig(_Config):
         self._require(self.warmup_steps >= 0, "warmup_steps", "use 0 or more steps")
         self._require(self.max_steps > 0, "max_steps", "use a positive number of steps")
         self._require(self.weight_decay >= 0, "weight_decay", "use 0 or a positive decay")
+        self._require(self.learning_rate * self.weight_decay <= 1, "weight_decay",
+                      f"learning_rate * weight_decay must be at most 1 (more flips every decayed "
+                      f"parameter each step): use weight_decay <= {1 / self.learning_rate:g}")
         self._require(self.grad_clip >= 0, "grad_clip", "use 0 (off) or a positive norm")
         self._require(0 <= self.beta1 < 1, "beta1", "use 0 <= beta1 < 1")
         self._require(0 <= self.beta2 < 1, "beta2", "use 0 <= beta2 < 1")
@@ -134,9 +174,26 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
 
 def preset(name: str) -> tuple[ModelConfig, TrainConfig]:
     """The (ModelConfig, TrainConfig) pair of a named preset."""
+    if not isinstance(name, str):
+        raise ConfigError(f"preset must be a name such as \"tiny\", got {name!r}; "
+                          f"choose one of {sorted(PRESETS)}")
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+def schedule_for_run(train_cfg: TrainConfig, steps: int | None = None,
+                     max_steps: int | None = None) -> TrainConfig:
+    """The config of a new run of `steps` steps: its learning-rate schedule (warm-up, then
+    cosine to min_lr at max_steps) spans the run, unless `max_steps` sets it apart. A warm-up
+    as long as the schedule (it would never reach the peak) becomes a tenth of it."""
+    length = max_steps if max_steps is not None else steps
+    if length is None:
+        return train_cfg
+    cfg = train_cfg.replace(max_steps=length)
+    if cfg.warmup_steps >= cfg.max_steps:
+        cfg = cfg.replace(warmup_steps=cfg.max_steps // 10)
+    return cfg
 
 
 def load_toml(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
@@ -168,5 +225,5 @@ def load_toml(path: str | Path) -> tuple[ModelConfig, TrainConfig]:
 
 
 def save_toml(path: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    Path(path).write_text(tomli_w.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}),
-                          encoding="utf-8")
+    from crystalline.io import atomic_write_text
+    atomic_write_text(path, tomli_w.dumps({"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}))

@@ -19,6 +19,10 @@ raise TrainingError, naming the ranks, if any has drifted.
 
 Failure: every collective first waits at a non-blocking barrier with a deadline (`timeout`
 seconds), so a rank that died or hung ends the others with a TrainingError instead of a hang.
+Stopping (Ctrl-C, SIGTERM, stop(), interrupt() on any rank) is decided by all ranks together:
+a rank that is asked to stop finishes its share of the step in flight, and the barrier before
+each all-reduce is a non-blocking all-reduce of the ranks' stop flags, so every rank abandons
+the same step before its update (or completes it) and ends run() at the same step.
 After such an error the communicator is unusable: end the job. Run scripts under
 `python -m mpi4py` (an uncaught exception on any rank calls MPI_Abort and mpiexec ends every
 rank); the CLI's --distributed does the same through `abort_on_error`.
@@ -98,7 +102,7 @@ class DistributedTrainer(Trainer):
 
     def __init__(self, model_cfg, train_cfg, corpus, workers=None, hierarchy=None, sync="lock_free",
                  cache_dir=None, tokenizer=None, comm=None, timeout: float = DEFAULT_TIMEOUT_S,
-                 check_every: int = DEFAULT_CHECK_EVERY):
+                 check_every: int = DEFAULT_CHECK_EVERY, run_dir=None):
         MPI = _mpi()
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.size = self.comm.rank, self.comm.size
@@ -114,7 +118,7 @@ class DistributedTrainer(Trainer):
         self._saved_notes: list = []       # rank 0's pending "checkpoint written" messages
         self._failed = False               # a step raised on this rank
         super().__init__(model_cfg, train_cfg, corpus, workers=workers, hierarchy=hierarchy, sync=sync,
-                         cache_dir=cache_dir, tokenizer=tokenizer)
+                         cache_dir=cache_dir, tokenizer=tokenizer, run_dir=run_dir)
         self._check_same_run()
         self.sync_from_root()
 
@@ -123,11 +127,29 @@ class DistributedTrainer(Trainer):
         """True on rank 0: the rank that prints, writes metrics and checkpoints."""
         return self.rank == 0
 
+    def _rank_of(self) -> tuple[int, int]:
+        """Each rank writes its own telemetry file (telemetry-rank<r>.bin) in the shared run folder."""
+        return self.rank, self.size
+
     # ------------------------------------------------------------------ collectives
     def _gate(self, what: str) -> float:
-        tree = self._tree
-        return wait_for_ranks(self.comm, what, self.timeout,
-                              stopped=lambda: tree is not None and tree.aborted)
+        """Meet every rank before a collective. Never abandoned before the deadline: a rank
+        that left a barrier the others completed would leave them blocked in the collective."""
+        return wait_for_ranks(self.comm, what, self.timeout)
+
+    def _agree_to_stop(self, what: str) -> tuple[float, bool]:
+        """Meet every rank before `what` and learn whether any rank was asked to stop (collective)."""
+        MPI = _mpi()
+        mine, anyone = np.array([int(self._interrupted)], np.int32), np.zeros(1, np.int32)
+        request = self.comm.Iallreduce(mine, anyone, op=MPI.MAX)
+        waited = _poll(self.comm, request.Test, what, self.timeout)
+        return waited, bool(anyone[0])
+
+    def _stop_before_step(self) -> bool:
+        return False                      # the ranks decide together, in _combine
+
+    def _abort_in_flight(self) -> None:
+        pass                              # this rank's step must reach _combine, where all decide
 
     def _allgather(self, value, what: str) -> list:
         self._gate(what)
@@ -184,7 +206,10 @@ class DistributedTrainer(Trainer):
         MPI = _mpi()
         what = (f"the gradient all-reduce of step {self.steps_done}" if grad is not None
                 else "a validation loss all-reduce")
-        waited = self._gate(what)
+        waited, stop = self._agree_to_stop(what)
+        if stop:
+            raise TrainingStopped(f"stopped before {what}: a rank was asked to stop (Ctrl-C, SIGTERM or "
+                                  "stop()); every rank abandons this step before its update")
         t0 = time.perf_counter()
         if grad is not None:
             assert grad.dtype == np.float32 and grad.flags.c_contiguous
@@ -233,7 +258,7 @@ class DistributedTrainer(Trainer):
 
     @classmethod
     def load(cls, path, corpus=None, workers=None, sync="lock_free", cache_dir=None, comm=None,
-             timeout: float = DEFAULT_TIMEOUT_S, check_every: int = DEFAULT_CHECK_EVERY):
+             timeout: float = DEFAULT_TIMEOUT_S, check_every: int = DEFAULT_CHECK_EVERY, run_dir=None):
         """Every rank reads `path` (a shared file system); rank 0's state is then broadcast.
 
         A checkpoint from a 1-process run resumes on R ranks and vice versa (Trainer.load).
@@ -242,7 +267,8 @@ class DistributedTrainer(Trainer):
 
         def build(*args, **kw):
             return cls(*args, comm=comm, timeout=timeout, check_every=check_every, **kw)
-        trainer = load_trainer(build, path, corpus=corpus, workers=workers, sync=sync, cache_dir=cache_dir)
+        trainer = load_trainer(build, path, corpus=corpus, workers=workers, sync=sync, cache_dir=cache_dir,
+                               run_dir=run_dir)
         trainer.sync_from_root()
         trainer.check_sync()
         return trainer
@@ -376,20 +402,32 @@ def draw_distributed(graph, ax=None, labels: bool = True):
 def abort_on_error(comm=None):
     """Any exception on one rank of a multi-rank job ends every rank (MPI_Abort) instead of a hang.
 
-    The error is printed with the rank first. With one rank, the exception propagates unchanged.
+    The error is printed with the rank first; exit code 2 for a CrystallineError, 128 + signal for
+    a signal outside training (crystalline.signals.Interrupted), else 1. With one rank, or before
+    MPI started, the exception propagates unchanged. (Training itself never raises on a signal:
+    the ranks agree to stop, see DistributedTrainer._agree_to_stop.)
     """
     try:
         yield
     except (Exception, KeyboardInterrupt) as exc:   # noqa: BLE001 - reported, then the job ends
-        comm = comm if comm is not None else _mpi().COMM_WORLD
+        MPI = sys.modules.get("mpi4py.MPI")
+        if MPI is None or not MPI.Is_initialized() or MPI.Is_finalized():
+            raise                            # interrupted before MPI started: nothing to end
+        comm = comm if comm is not None else MPI.COMM_WORLD
         if comm.size == 1:
             raise
-        if isinstance(exc, CrystallineError):
+        if isinstance(exc, KeyboardInterrupt):   # a signal outside training: nothing to save
+            code = 128 + getattr(exc, "signum", 2)
+            print(f"crystalline: rank {comm.rank} of {comm.size} interrupted ({exc or 'SIGINT'}) outside "
+                  "training; nothing to save", file=sys.stderr)
+        elif isinstance(exc, CrystallineError):
+            code = 2
             print(f"crystalline: error: rank {comm.rank} of {comm.size}: {exc}", file=sys.stderr)
         else:
+            code = 1
             print(f"crystalline: rank {comm.rank} of {comm.size} raised:", file=sys.stderr)
             traceback.print_exc()
         print(f"crystalline: rank {comm.rank} ends all {comm.size} ranks (MPI_Abort)", file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
-        comm.Abort(2 if isinstance(exc, CrystallineError) else 1)
+        comm.Abort(code)

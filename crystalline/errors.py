@@ -19,3 +19,20 @@ class CheckpointError(CrystallineError, ValueError):
 
 class TrainingError(CrystallineError, RuntimeError):
     """Training failed: a sphere raised, or the run was stopped in a way that lost no state."""
+
+
+class RunFolderError(CrystallineError):
+    """A run folder holds another run, is locked by another process, or cannot be written."""
+
+
+class WriteError(CrystallineError, OSError):
+    """A file could not be written (disk full, read-only, no permission); the old file is intact.
+
+    WriteError(errno, message): still an OSError, so callers that tolerate I/O failures keep working."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class RunError(CrystallineError, ValueError):
+    """A run folder, its telemetry or its control file cannot be read or used."""

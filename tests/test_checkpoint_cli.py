@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 
+from reference import warmup_cosine
 from crystalline.checkpoint import read_checkpoint
 from crystalline.cli import main
 from crystalline.config import load_toml
@@ -69,8 +70,9 @@ def test_sync_lr_and_sample_0(tmp_path, capsys):
     assert load_toml(out / "config.toml")[1].learning_rate == 0.0123
     assert "--- sample" not in capsys.readouterr().out
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    warmup = meta["train_config"]["warmup_steps"]
-    assert lrs == pytest.approx([0.0123 * 1 / warmup, 0.0123 * 2 / warmup])
+    t = meta["train_config"]
+    assert lrs == pytest.approx([warmup_cosine(s, 0.0123, t["min_lr"], t["warmup_steps"], t["max_steps"])
+                                 for s in (0, 1)])
 
 
 def test_sample_n_prints_a_sample(tmp_path, capsys):

@@ -31,7 +31,7 @@ def test_info_subprocess_on_the_bundled_corpus(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     info = fields(done.stdout)
-    assert info["bytes"] == "1115394" and info["tokens"] == "1115394"
+    assert info["bytes"] == "1,115,394" and info["tokens"] == "1,115,394"
     assert info["vocabulary size"] == "256" and info["tokenizer"] == "byte"
 
 
@@ -44,7 +44,7 @@ def test_info_folder_and_word_tokenizer(tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     info = fields(capsys.readouterr().out)
     assert info == {"source": str(tmp_path / "corpus"), "files": "2", "bytes": "20", "tokens": "5",
-                    "vocabulary size": "9", "tokenizer": "word"}
+                    "vocabulary size": "9", "tokenizer": "word", "bytes per token": "4.000"}
 
 
 def test_info_errors_are_one_line_exit_2(tmp_path, capsys):

@@ -56,8 +56,10 @@ def test_bad_prompts_are_clear_errors(tmp_path, capsys):
     assert "prompt is empty" in capsys.readouterr().err
     assert main(["sample", "--ckpt", ckpt, "--temperature", "0"]) == 2
     err = capsys.readouterr().err
-    assert "temperature=0.0 is invalid: use a positive temperature" in err, err
+    assert "--temperature 0.0 is invalid" in err, err
     assert len(err.strip().splitlines()) == 1, err
+    assert main(["sample", "--ckpt", str(run), "--prompt", "x"]) == 2      # the run folder itself
+    assert f"is a folder, not a checkpoint file; pass {ckpt}" in capsys.readouterr().err
 
 
 def test_ctrl_c_writes_a_final_checkpoint_and_exits_130(tmp_path):

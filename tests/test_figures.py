@@ -34,7 +34,8 @@ def quick(tmp_path_factory):
 
 def test_expected_figures():
     assert set(FIGURE_NAMES) == {"hierarchy_63", "hierarchy_157", "kissing", "loss_invariance",
-                                 "throughput", "sync_modes", "time_split", "memory", "group_load"}
+                                 "throughput", "sync_modes", "time_split", "memory", "group_load",
+                                 "stragglers"}
     assert set(DETERMINISTIC) == {"hierarchy_63", "hierarchy_157", "kissing", "loss_invariance"}
 
 
@@ -162,6 +163,23 @@ def test_split_data_is_what_is_drawn(quick):
     (image,) = _by_gid(draw_saved(quick, "group_load").axes[0].images, "group-load")
     np.testing.assert_array_equal(image.get_array(), [g[f"group_{k}"] for k in range(12)])
     assert all(v > 0 for k in range(12) for v in g[f"group_{k}"])
+
+
+def test_stragglers_data_is_what_is_drawn(quick):
+    t = read_table(figure_files(quick, "stragglers")["data"])
+    assert t["factor"] == list(QUICK.straggler_factors)
+    assert t["rounds"] == [QUICK.straggler_rounds] * len(t["factor"])
+    top, bottom = draw_saved(quick, "stragglers").axes
+    for balance in ("static", "dynamic"):
+        (line,) = _by_gid(top.lines, f"tokens-{balance}")
+        np.testing.assert_array_equal(line.get_xdata(), t["factor"])
+        np.testing.assert_array_equal(line.get_ydata(), t[f"{balance}_tokens_per_s"])
+        (line,) = _by_gid(bottom.lines, f"efficiency-{balance}")
+        np.testing.assert_allclose(line.get_ydata(), np.multiply(t[f"{balance}_efficiency"], 100))
+        assert all(0 < e <= 1 for e in t[f"{balance}_efficiency"])
+    # A straggler slows static steps down; its efficiency drops with the factor.
+    assert t["static_tokens_per_s"][-1] < t["static_tokens_per_s"][0]
+    assert t["static_efficiency"][-1] < t["static_efficiency"][0]
 
 
 @pytest.mark.parametrize("name, workers", [("hierarchy_63", 63), ("hierarchy_157", 144)])

@@ -1,7 +1,6 @@
 """Every notebook in notebooks/ runs top to bottom in a python3 kernel, in its small-run mode
 (CRYSTALLINE_SMALL_RUN=1), and is stored without outputs; `crystalline lab` opens that folder."""
 
-import argparse
 import json
 import os
 import re
@@ -136,11 +135,15 @@ def test_distributed_notebook_trained_on_two_mpi_engines_with_identical_paramete
     assert re.search(r"parameter CRC-32 per rank: \{0: '([0-9a-f]{8})', 1: '\1'\} \(identical\)", text), text
 
 
+def test_stragglers_notebook_draws_the_experiment_and_explains_a_step(python3_kernel):
+    nb, _ = execute(ROOT / "notebooks" / "07_stragglers.ipynb")
+    images = [o for o in outputs(nb) if "image/png" in o.get("data", {})]
+    assert len(images) == 2                       # the experiment, one straggling step
+    text = stream_text(nb)
+    assert "static:" in text and "dynamic:" in text and "worker 0 (slowed 3x)" in text, text
+
+
 # ---------------------------------------------------------------------------- crystalline lab
-def lab_args(**kw):
-    return argparse.Namespace(**{"port": None, "no_browser": False, "notebook_dir": None, **kw})
-
-
 def test_lab_opens_jupyterlab_on_the_notebooks(monkeypatch):
     import subprocess
 
@@ -149,12 +152,30 @@ def test_lab_opens_jupyterlab_on_the_notebooks(monkeypatch):
     assert lab.notebooks_dir() == ROOT / "notebooks"
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)           # an ordinary user
     args = build_parser().parse_args(["lab", "--port", "8891", "--no-browser"])
     assert args.func(args) == 0
     (command,) = calls
     assert command[1:3] == ["-m", "jupyterlab"]
     assert f"--notebook-dir={ROOT / 'notebooks'}" in command
-    assert "--port=8891" in command and "--no-browser" in command
+    assert "--port=8891" in command and "--no-browser" in command and "--allow-root" not in command
+
+
+def test_lab_as_root_needs_allow_root_and_passes_jupyter_arguments(monkeypatch, capsys):
+    import subprocess
+
+    from crystalline.cli import main
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert main(["lab", "--no-browser"]) == 2 and not calls
+    err = capsys.readouterr().err
+    assert "running as root" in err and "--allow-root" in err and err.count("\n") == 1
+    assert main(["lab", "--allow-root", "--", "--ServerApp.ip=0.0.0.0", "--debug"]) == 0
+    (command,) = calls
+    assert command[-3:] == ["--allow-root", "--ServerApp.ip=0.0.0.0", "--debug"]
+    assert main(["lab", "--allow-root", "stray"]) == 2
+    assert "after --" in capsys.readouterr().err
 
 
 def test_lab_without_a_notebooks_folder_names_the_fix(monkeypatch, tmp_path, capsys):
@@ -168,3 +189,53 @@ def test_lab_without_a_notebooks_folder_names_the_fix(monkeypatch, tmp_path, cap
     assert main(["lab", "--notebook-dir", str(tmp_path), "--port", "0"]) == 2
     assert "--port 0 is invalid" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "missing")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs to run as root")
+def test_lab_really_starts_as_root_with_allow_root(tmp_path):
+    """JupyterLab itself accepts what crystalline lab passes: it serves as root, and the token
+    given after -- is the one it asks for."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "crystalline", "lab", "--allow-root", "--no-browser",
+                             "--port", str(port), "--", "--ServerApp.token=crystalline-test"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        served = next((line for line in iter(proc.stderr.readline, "") if "is running at" in line), None)
+        assert served, "JupyterLab did not start"
+
+        def status(token):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/status",
+                                             headers={"Authorization": f"token {token}"})
+            try:
+                return urllib.request.urlopen(request, timeout=10).status
+            except urllib.error.HTTPError as e:
+                return e.code
+        # Jupyter binds its port on the event loop just after printing that line: poll until it
+        # accepts (a readiness wait with a deadline, not a sleep over a race).
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ok = status("crystalline-test")
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, "JupyterLab never accepted a connection"
+                time.sleep(0.2)
+        assert ok == 200 and status("wrong") == 403
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

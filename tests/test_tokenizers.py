@@ -106,7 +106,7 @@ def test_save_load_round_trip(tmp_path, tok):
     (b"[1, 2]", "expected a JSON object"),
     (b'{"format": "pickle", "version": 1, "kind": "byte"}', "not a crystalline tokenizer"),
     (b'{"format": "crystalline-tokenizer", "version": 9, "kind": "byte"}', "version"),
-    (b'{"format": "crystalline-tokenizer", "version": 1, "kind": "bpe"}', "kind"),
+    (b'{"format": "crystalline-tokenizer", "version": 1, "kind": "bpe"}', "\"tokenizer\" must be"),
     (b'{"format": "crystalline-tokenizer", "version": 1, "kind": "word"}', 'missing key "vocab"'),
     (b'{"format": "crystalline-tokenizer", "version": 1, "kind": "byte", "x": 1}', "unknown key"),
     (b'{"format": "crystalline-tokenizer", "version": 1, "kind": "word", "vocab": ["a"]}', "specials"),

@@ -1,6 +1,7 @@
 """`crystalline data ...`: look at corpora and prepare SQuAD.
 
-    crystalline data info data/tinyshakespeare.txt [--tokenizer byte|word]
+    crystalline data info data/tinyshakespeare.txt [--tokenizer byte|word|bpe|PATH.json] [--vocab-size N]
+    crystalline data info data/ --list          # which files a folder corpus takes and skips
     crystalline data squad train-v2.0.json [-o squad.txt]
     crystalline data squad --download 2.0 [--split train|dev] [--dest data/]
 """
@@ -19,8 +20,13 @@ def add_parser(subparsers) -> None:
     info = actions.add_parser("info", help="bytes, tokens and vocabulary of a corpus",
                               description="Print the size of a corpus (file, folder or squad:PATH).")
     info.add_argument("path", metavar="PATH", help="text file, folder of text files, or squad:FILE.json")
-    info.add_argument("--tokenizer", default="byte", choices=["byte", "word"],
-                      help="tokenizer to count with (word: trained on this corpus); default byte")
+    info.add_argument("--tokenizer", default="byte", metavar="byte|word|bpe|PATH.json",
+                      help="tokenizer to count with (word, bpe: trained on this corpus; or a "
+                           "tokenizer JSON file); default byte")
+    info.add_argument("--vocab-size", type=int, default=None,
+                      help="vocabulary of the word (default 8192) or bpe (default 4096) tokenizer")
+    info.add_argument("--list", action="store_true",
+                      help="first list every file of a folder corpus: taken, or skipped and why")
     info.add_argument("--cache-dir", default=None,
                       help="token cache folder (default $CRYSTALLINE_CACHE or ~/.cache/crystalline)")
     info.set_defaults(func=run_info)
@@ -42,13 +48,21 @@ def add_parser(subparsers) -> None:
 def run_info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from crystalline.data.corpus import corpus_info
-    info = corpus_info(args.path, tokenizer=args.tokenizer, cache_dir=args.cache_dir)
+    from crystalline.data.corpus import corpus_info, folder_entries
+    from crystalline.data.tokenizers import tokenizer_spec
+    if args.list and args.path and Path(args.path).is_dir():
+        for entry in folder_entries(args.path):
+            print(f"skip  {entry.name}  ({entry.skipped})" if entry.skipped else f"take  {entry.name}")
+    info = corpus_info(args.path, tokenizer=tokenizer_spec(args.tokenizer),
+                       cache_dir=args.cache_dir, vocab_size=args.vocab_size)
+    if args.list and not Path(args.path).is_dir():
+        print(f"take  {args.path}")
     rows = [("source", info["source"])]
     if Path(args.path).is_dir():
-        rows.append(("files", info["files"]))
-    rows += [("bytes", info["bytes"]), ("tokens", info["tokens"]),
-             ("vocabulary size", info["vocab_size"]), ("tokenizer", info["tokenizer"])]
+        rows.append(("files", f"{info['files']:,}"))
+    rows += [("bytes", f"{info['bytes']:,}"), ("tokens", f"{info['tokens']:,}"),
+             ("vocabulary size", f"{info['vocab_size']:,}"), ("tokenizer", info["tokenizer"]),
+             ("bytes per token", f"{info['bytes'] / info['tokens']:.3f}")]
     width = max(len(name) for name, _ in rows) + 2
     for name, value in rows:
         print(f"{name + ':':<{width}}{value}")
@@ -68,7 +82,7 @@ def run_squad(args: argparse.Namespace) -> int:
     from crystalline.data.squad import render_squad_file
     text = render_squad_file(args.path)
     if args.output:
-        from crystalline.data.cache import atomic_write_bytes
+        from crystalline.io import atomic_write_bytes
         atomic_write_bytes(args.output, text.encode("utf-8"))
         print(f"wrote {len(text.encode('utf-8'))} bytes to {args.output}", file=sys.stderr)
     else:

@@ -21,8 +21,17 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args) -> None:
+    """Refuse values that cannot be represented or generated, before the checkpoint is read."""
+    from crystalline.model.sample import check_sampling
+    check_sampling(None, args.tokens, args.temperature, args.top_k, args.seed,
+                   names={"max_new_tokens": "--tokens", "temperature": "--temperature",
+                          "top_k": "--top-k", "seed": "--seed"})
+
+
 def run(args) -> int:
     from crystalline.checkpoint import load_model
+    check_args(args)
     from crystalline.sampling import sample_text
     model, tokenizer, _ = load_model(args.ckpt)
     print(sample_text(model, tokenizer, args.prompt, args.tokens, temperature=args.temperature,

@@ -1,73 +1,44 @@
-"""On-disk cache of encoded corpora, and the atomic file writes the data package uses.
+"""On-disk cache of encoded corpora and trained word vocabularies, each entry with a checksum.
 
     from crystalline.data.cache import cached_encode, default_cache_dir
-    tokens = cached_encode(raw_bytes, tokenizer, cache_dir)   # (n,) int32, a read-only memmap
+    tokens = cached_encode(raw_bytes, tokenizer, cache_dir)   # (n,) int32, read-only
     words = cached_word_tokenizer(raw_bytes, cache_dir)        # trained once per text and cap
 
 Key: sha256 over a format tag, the sha256 of the exact bytes that are tokenized, and the
 tokenizer's canonical JSON, so a changed file or a different vocabulary gets a new entry.
-Entries are `<key>.npy` files, written to a temporary file in the same folder, fsynced and
-renamed into place (os.replace), so a crash never leaves a half entry under a real key. An
-entry that does not load as a 1-D int32 array is treated as missing and written again.
-Word vocabularies trained on a corpus are cached the same way, as `<key>.tokenizer.json`.
+A token entry `<key>.tokens` is a 256-byte JSON header (format, count, sha256 of the data)
+followed by the tokens as little-endian int32; a vocabulary entry `<key>.tokenizer.json`
+holds the tokenizer and the sha256 of its canonical JSON. Entries are written atomically
+(crystalline.io). On open an entry is checked whole (header, length, checksum, token range);
+a damaged one (bad header, flipped byte, truncated file) is rebuilt with a warning. Tokens are
+read into memory, so a cache file changed under a running trainer cannot crash it.
+Word vocabularies and BPE merges trained on a corpus are cached as `<key>.tokenizer.json`
+(crystalline's tokenizer JSON: never a pickle).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-_UMASK = os.umask(0o022)   # read once, at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
-CACHE_FORMAT = b"crystalline-tokens-v1\0"
+from crystalline.io import atomic_write, atomic_write_json
+
+CACHE_FORMAT = b"crystalline-tokens-v2\0"
 VOCAB_FORMAT = b"crystalline-word-vocab-v1\0"
+HEADER_BYTES = 256
+ENTRY_FORMAT = "crystalline-tokens-v2"
+BPE_FORMAT = b"crystalline-bpe-v1\0"
 
 
 def default_cache_dir() -> Path:
     """`$CRYSTALLINE_CACHE` if set, else `~/.cache/crystalline`."""
     env = os.environ.get("CRYSTALLINE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "crystalline"
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename it to `path`.
-
-    Readers see the old file or the complete new one, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:   # make the rename itself durable where the platform allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda f: f.write(data))
 
 
 def cache_key(data: bytes, tokenizer) -> str:
@@ -78,40 +49,71 @@ def cache_key(data: bytes, tokenizer) -> str:
     return h.hexdigest()
 
 
-def _load_entry(path: Path) -> np.ndarray | None:
+def write_entry(path: Path, tokens: np.ndarray) -> Path:
+    """Write (n,) int32 `tokens` as a checksummed entry, atomically."""
+    data = np.ascontiguousarray(tokens, dtype="<i4").tobytes()
+    header = json.dumps({"format": ENTRY_FORMAT, "count": len(tokens),
+                         "sha256": hashlib.sha256(data).hexdigest()}).encode("ascii")
+    assert len(header) < HEADER_BYTES
+    header = header.ljust(HEADER_BYTES - 1) + b"\n"
+
+    def write(f):
+        f.write(header)
+        f.write(data)
+    return atomic_write(path, write)
+
+
+def read_entry(path: Path, vocab_size: int) -> np.ndarray:
+    """The verified (n,) int32 tokens of an entry; ValueError saying what is wrong with it."""
+    raw = path.read_bytes()
     try:
-        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if tokens.dtype != np.int32 or tokens.ndim != 1:
-        return None
-    return tokens
+        head = json.loads(raw[:HEADER_BYTES].decode("ascii"))
+        count, digest = int(head["count"]), str(head["sha256"])
+        if head["format"] != ENTRY_FORMAT:
+            raise ValueError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ValueError("its header is damaged") from None
+    if len(raw) != HEADER_BYTES + 4 * count:
+        raise ValueError(f"it holds {len(raw) - HEADER_BYTES} bytes of tokens, its header says {4 * count}")
+    data = memoryview(raw)[HEADER_BYTES:]
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ValueError("its checksum does not match its contents")
+    tokens = np.frombuffer(data, dtype="<i4")                            # (n,) read-only, no copy
+    if count and not (0 <= tokens.min() and tokens.max() < vocab_size):
+        raise ValueError(f"it holds token ids outside 0..{vocab_size - 1}")
+    return tokens.astype(np.int32, copy=False)
+
+
+def _damaged(path: Path, reason: str) -> None:
+    warnings.warn(f"token cache entry {path} is damaged ({reason}); rebuilding it", stacklevel=3)
 
 
 def cached_encode(data: bytes, tokenizer, cache_dir: str | Path | None = None) -> np.ndarray:
     """`tokenizer.encode_bytes(data)`, read from the cache when this (data, tokenizer) was seen.
 
-    Returns a read-only (n,) int32 memmap, or an in-memory array when the cache folder cannot
-    be written (a warning says so; the result is the same).
+    Returns a read-only (n,) int32 array. When the cache folder cannot be written a warning
+    says so and the result is the same.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache_dir / f"{cache_key(data, tokenizer)}.npy"
+    path = cache_dir / f"{cache_key(data, tokenizer)}.tokens"
     if path.is_file():
-        tokens = _load_entry(path)
-        if tokens is not None:
-            return tokens
+        try:
+            return read_entry(path, tokenizer.vocab_size)
+        except OSError as e:
+            _damaged(path, e.strerror or str(e))
+        except ValueError as e:
+            _damaged(path, str(e))
     tokens = np.ascontiguousarray(tokenizer.encode_bytes(data), dtype=np.int32)   # (n,)
-    if tokens.size == 0:   # np.load cannot memmap an empty array; nothing to save anyway
+    tokens.flags.writeable = False
+    if tokens.size == 0:
         return tokens
     try:
-        atomic_write(path, lambda f: np.save(f, tokens, allow_pickle=False))
+        write_entry(path, tokens)
     except OSError as e:
         warnings.warn(f"could not write the token cache {path} ({e}); continuing without it. "
                       "Set CRYSTALLINE_CACHE to a writable folder to cache encoded corpora.",
                       stacklevel=2)
-        return tokens
-    loaded = _load_entry(path)
-    return loaded if loaded is not None else tokens
+    return tokens
 
 
 def cached_word_tokenizer(data: bytes, cache_dir: str | Path | None = None,
@@ -127,13 +129,43 @@ def cached_word_tokenizer(data: bytes, cache_dir: str | Path | None = None,
     path = cache_dir / f"{h.hexdigest()}.tokenizer.json"
     if path.is_file():
         try:
+            doc = json.loads(path.read_bytes().decode("utf-8"))
+            tokenizer = load_tokenizer(doc["tokenizer"])
+            if hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest() != doc["sha256"]:
+                raise ValueError("its checksum does not match its contents")
+            return tokenizer
+        except (OSError, ValueError, KeyError, TypeError, DataError) as e:
+            _damaged(path, str(e) if isinstance(e, (ValueError, DataError)) else "unreadable")
+    tokenizer = WordTokenizer.train(data.decode("utf-8", errors="replace"), max_vocab, min_count)
+    try:
+        atomic_write_json(path, {"sha256": hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest(),
+                                 "tokenizer": tokenizer.to_dict()}, ensure_ascii=False)
+    except OSError as e:
+        warnings.warn(f"could not write the vocabulary cache {path} ({e}); continuing without it",
+                      stacklevel=2)
+    return tokenizer
+
+
+def cached_bpe_tokenizer(data: bytes, cache_dir: str | Path | None = None,
+                         vocab_size: int | None = None):
+    """`BPETokenizer.train` on `data` (decoded with errors="replace"), cached on disk."""
+    from crystalline.data.tokenizers import DEFAULT_BPE_VOCAB, BPETokenizer, load_tokenizer
+    from crystalline.errors import DataError
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+    h = hashlib.sha256(BPE_FORMAT)
+    h.update(hashlib.sha256(data).digest())
+    h.update(f"vocab_size={vocab_size}".encode())
+    path = cache_dir / f"{h.hexdigest()}.tokenizer.json"
+    if path.is_file():
+        try:
             return load_tokenizer(path)
         except DataError:
             pass   # a damaged entry: train again and replace it
-    tokenizer = WordTokenizer.train(data.decode("utf-8", errors="replace"), max_vocab, min_count)
+    tokenizer = BPETokenizer.train(data.decode("utf-8", errors="replace"), vocab_size)
     try:
         tokenizer.save(path)
     except OSError as e:
-        warnings.warn(f"could not write the vocabulary cache {path} ({e}); continuing without it",
+        warnings.warn(f"could not write the BPE cache {path} ({e}); continuing without it",
                       stacklevel=2)
     return tokenizer

@@ -131,7 +131,7 @@ def download_squad(version: str, dest_dir: str | Path, split: str = "train", *,
     """
     from tqdm.auto import tqdm
 
-    from crystalline.data.cache import atomic_write_bytes
+    from crystalline.io import atomic_write_bytes
 
     url = url or squad_url(version, split)
     dest = Path(dest_dir) / f"{split}-v{version}.json"

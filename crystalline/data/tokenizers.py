@@ -6,15 +6,18 @@
     tok.decode(ids)                               # "To be, or not"
     words = WordTokenizer.train(text, max_vocab=8192)
     words.save("words.json"); load_tokenizer("words.json")   # the same tokenizer back
+    bpe = BPETokenizer.train(text, vocab_size=4096)          # byte-level BPE (HF `tokenizers`)
+    BPETokenizer.from_file("gpt2/tokenizer.json")            # any HF BPE tokenizer.json
 
-Both kinds share one interface: `encode(str)`, `encode_bytes(bytes)`, `decode(ids)`,
-`vocab_size`, `name` ("byte" / "word"), `to_dict()`, `save(path)`.
+Every kind shares one interface: `encode(str)`, `encode_bytes(bytes)`, `decode(ids)`,
+`vocab_size`, `name` ("byte" / "word" / "bpe"), `to_dict()`, `save(path)`.
 
 Invalid UTF-8: the byte tokenizer encodes raw bytes as they are (`encode_bytes`), and its
 `decode` replaces byte sequences that are not valid UTF-8 with U+FFFD. The word tokenizer works
 on text: `encode_bytes` decodes with errors="replace", so each invalid sequence becomes U+FFFD
 *inside* the word it was in (e.g. b"caf\\xe9" -> the word "caf\\ufffd"), and that word is an
-ordinary vocabulary entry (or UNK) like any other.
+ordinary vocabulary entry (or UNK) like any other. The BPE tokenizer does the same before its
+byte-level pre-tokenizer, so U+FFFD's three bytes stand for each invalid sequence.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ FORMAT_VERSION = 1
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<mask>"]
 DEFAULT_MAX_VOCAB = 8192   # word vocabulary cap (specials included) when none is given
+DEFAULT_BPE_VOCAB = 4096   # BPE vocabulary (the 256 bytes included) when none is given
 
 
 def _as_ids(ids, vocab_size: int) -> np.ndarray:
@@ -83,7 +87,7 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> Path:
         """Write the tokenizer as UTF-8 JSON, atomically; returns the path."""
-        from crystalline.data.cache import atomic_write_bytes
+        from crystalline.io import atomic_write_bytes
         path = Path(path)
         atomic_write_bytes(path, (json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
         return path
@@ -185,6 +189,87 @@ class WordTokenizer(Tokenizer):
         return f"WordTokenizer(vocab_size={self.vocab_size})"
 
 
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE through the Hugging Face `tokenizers` library (GPT-2's scheme: text as UTF-8
+    bytes mapped to 256 printable characters, split by GPT-2's regex, merges learnt by frequency).
+
+    Encodes any text without an unknown token; `decode(encode(s)) == s` for every string without
+    lone surrogates (those are encoded as U+FFFD). `hf` is the `tokenizers.Tokenizer`; its JSON
+    (`hf.to_str()`) is what is saved, cached and carried in checkpoints, never a pickle.
+    """
+
+    name = "bpe"
+
+    def __init__(self, hf):
+        self.hf = hf
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int = DEFAULT_BPE_VOCAB) -> "BPETokenizer":
+        """Learn merges on `text` until the vocabulary (256 bytes included) holds `vocab_size`
+        tokens, or the text has no pair left to merge. Deterministic for a given text."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 256 <= vocab_size <= 2**20:
+            raise DataError(f"vocab_size = {vocab_size!r} is invalid for a byte-level BPE: use an "
+                            "integer from 256 (the bytes alone) to 1048576")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=[],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        hf.train_from_iterator([text], trainer=trainer)
+        return cls(hf)
+
+    @classmethod
+    def from_str(cls, doc: str, where: str = "tokenizer") -> "BPETokenizer":
+        """From a Hugging Face tokenizer.json text; DataError unless it is a BPE tokenizer."""
+        from tokenizers import Tokenizer as HFTokenizer
+        try:
+            model_type = json.loads(doc)["model"]["type"]
+        except (ValueError, KeyError, TypeError):
+            model_type = None
+        if model_type != "BPE":
+            raise DataError(f"{where} holds a {model_type} tokenizer, not a Hugging Face BPE "
+                            "tokenizer.json; crystalline reads BPE tokenizers (or --tokenizer bpe)")
+        try:
+            return cls(HFTokenizer.from_str(doc))
+        except Exception as e:   # noqa: BLE001 - the library raises plain Exceptions
+            raise DataError(f"{where} is not a valid Hugging Face tokenizer.json ({e})") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "BPETokenizer":
+        path = Path(path)
+        try:
+            return cls.from_str(path.read_bytes().decode("utf-8"), where=f"tokenizer file {path}")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"tokenizer file {path} cannot be read ({e})") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            ids = self.hf.encode(text, add_special_tokens=False).ids
+        except TypeError:             # lone surrogates, which have no UTF-8 form: U+FFFD each byte
+            text = text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
+            ids = self.hf.encode(text, add_special_tokens=False).ids
+        return np.asarray(ids, dtype=np.int32).reshape(-1)   # (n,)
+
+    def encode_bytes(self, data: bytes) -> np.ndarray:
+        return self.encode(data.decode("utf-8", errors="replace"))
+
+    def decode(self, ids) -> str:
+        return self.hf.decode(_as_ids(ids, self.vocab_size).tolist(), skip_special_tokens=False)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "kind": "bpe",
+                "tokenizer": json.loads(self.hf.to_str())}
+
+    def __repr__(self):
+        return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
 def _check_word_vocab(vocab, where: str) -> None:
     if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
         raise DataError(f"{where}: \"vocab\" must be a list of strings")
@@ -200,20 +285,24 @@ def _check_word_vocab(vocab, where: str) -> None:
 
 
 def load_tokenizer(path_or_dict: str | Path | dict) -> Tokenizer:
-    """Rebuild a tokenizer from its JSON file or its `to_dict()`; DataError if it is not one."""
+    """Rebuild a tokenizer from its JSON file or its `to_dict()`, or read a Hugging Face BPE
+    tokenizer.json; DataError if it is neither."""
     if isinstance(path_or_dict, dict):
         doc, where = path_or_dict, "tokenizer dict"
     else:
         path = Path(path_or_dict)
         where = f"tokenizer file {path}"
         if not path.is_file():
-            raise DataError(f"{where} does not exist; pass the path of a JSON file written by Tokenizer.save()")
+            raise DataError(f"{where} does not exist; pass the path of a JSON file written by "
+                            "Tokenizer.save() or a Hugging Face tokenizer.json")
         try:
             doc = json.loads(path.read_bytes().decode("utf-8"))
         except (ValueError, RecursionError) as e:   # bad UTF-8, bad JSON, huge ints
             raise DataError(f"{where} is not valid JSON ({e}); write it with Tokenizer.save()") from None
     if not isinstance(doc, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+    if "format" not in doc and "model" in doc:       # a Hugging Face tokenizer.json
+        return BPETokenizer.from_str(json.dumps(doc), where)
     if doc.get("format") != FORMAT:
         raise DataError(f"{where}: \"format\" must be {FORMAT!r}, got {doc.get('format')!r}; "
                         "this is not a crystalline tokenizer file")
@@ -221,22 +310,36 @@ def load_tokenizer(path_or_dict: str | Path | dict) -> Tokenizer:
         raise DataError(f"{where}: unsupported \"version\" {doc.get('version')!r} "
                         f"(this crystalline reads version {FORMAT_VERSION})")
     kind = doc.get("kind")
-    allowed = {"byte": {"format", "version", "kind"}, "word": {"format", "version", "kind", "vocab"}}
+    allowed = {"byte": {"format", "version", "kind"}, "word": {"format", "version", "kind", "vocab"},
+               "bpe": {"format", "version", "kind", "tokenizer"}}
     if kind not in allowed:
-        raise DataError(f"{where}: \"kind\" must be \"byte\" or \"word\", got {kind!r}")
+        raise DataError(f"{where}: \"kind\" must be \"byte\", \"word\" or \"bpe\", got {kind!r}")
     unknown = sorted(set(doc) - allowed[kind])
     if unknown:
         raise DataError(f"{where}: unknown key(s) {unknown} for a {kind} tokenizer")
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "bpe":
+        if not isinstance(doc.get("tokenizer"), dict):
+            raise DataError(f"{where}: \"tokenizer\" must be the Hugging Face tokenizer's JSON object")
+        return BPETokenizer.from_str(json.dumps(doc["tokenizer"]), where)
     if "vocab" not in doc:
         raise DataError(f"{where}: missing key \"vocab\"")
     _check_word_vocab(doc["vocab"], where)
     return WordTokenizer(doc["vocab"])
 
 
+def tokenizer_spec(spec: str | None) -> str | None:
+    """A --tokenizer value checked at the CLI: None (byte), "byte", "word", "bpe" or a .json path."""
+    if spec is None or spec in ("byte", "word", "bpe") or spec.endswith(".json"):
+        return spec
+    raise DataError(f"--tokenizer {spec!r} is not a tokenizer: use byte, word, bpe or the path "
+                    "of a tokenizer .json file")
+
+
 def make_tokenizer(spec, text_bytes: bytes | None = None) -> Tokenizer:
-    """A tokenizer from None / a Tokenizer / "byte" / "word" (trained on `text_bytes`) / a JSON path."""
+    """A tokenizer from None / a Tokenizer / "byte" / "word" or "bpe" (trained on `text_bytes`) /
+    a JSON path (a crystalline tokenizer file or a Hugging Face tokenizer.json)."""
     if spec is None or spec == "byte":
         return ByteTokenizer()
     if isinstance(spec, Tokenizer):
@@ -245,7 +348,11 @@ def make_tokenizer(spec, text_bytes: bytes | None = None) -> Tokenizer:
         if text_bytes is None:
             raise DataError("a word tokenizer must be trained on text; pass the corpus text")
         return WordTokenizer.train(text_bytes.decode("utf-8", errors="replace"))
+    if spec == "bpe":
+        if text_bytes is None:
+            raise DataError("a BPE tokenizer must be trained on text; pass the corpus text")
+        return BPETokenizer.train(text_bytes.decode("utf-8", errors="replace"))
     if isinstance(spec, (str, Path)) and str(spec).endswith(".json"):
         return load_tokenizer(spec)
-    raise DataError(f"unknown tokenizer {spec!r}: use \"byte\", \"word\", a tokenizer JSON path "
-                    "or a Tokenizer object")
+    raise DataError(f"unknown tokenizer {spec!r}: use \"byte\", \"word\", \"bpe\", a tokenizer "
+                    "JSON path or a Tokenizer object")

@@ -4,8 +4,10 @@
     norm, applied = opt.update(grad, step, scale)   # grad: (P,) float32; scale * grad is the
                                                     # mean-loss gradient
 
-Non-finite gradients are never applied (the parameters stay finite): `update` returns
-applied=False and the caller records a skipped step.
+A step is never applied when its gradient is not finite, nor when the update it would make is
+not (a parameter or moment would overflow): the parameters and moments stay as they were,
+`update` returns applied=False and the caller records a skipped step. So saved parameters are
+always finite. (The update check is one more read pass over P floats on Node Zero.)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 import numpy as np
 
 from crystalline.config import TrainConfig
-from crystalline.model.kernels.adamw import adamw_step
+from crystalline.model.kernels.adamw import adamw_step, adamw_step_is_finite
 from crystalline.model.kernels.clip import grad_norm
 
 ADAM_EPS = 1e-8
@@ -50,15 +52,18 @@ class AdamW:
 
         The norm is one pass over the gradient; scaling and clipping happen inside AdamW's pass
         (`grad` itself is not modified). Returns (norm of the scaled gradient before clipping,
-        whether the update was applied).
+        whether the update was applied: False when the gradient or the update is not finite).
         """
         norm = grad_norm(grad) * scale
         if not math.isfinite(norm):
             return norm, False
         if self.cfg.grad_clip > 0 and norm > self.cfg.grad_clip:
             scale *= self.cfg.grad_clip / norm
+        args = (self.model.params, grad, self.m, self.v, self.model.decay_mask,
+                learning_rate(step, self.cfg), self.cfg.beta1, self.cfg.beta2, ADAM_EPS,
+                self.cfg.weight_decay, self.t + 1, scale)
+        if not adamw_step_is_finite(*args):
+            return norm, False
         self.t += 1
-        adamw_step(self.model.params, grad, self.m, self.v, self.model.decay_mask,
-                   learning_rate(step, self.cfg), self.cfg.beta1, self.cfg.beta2, ADAM_EPS,
-                   self.cfg.weight_decay, self.t, scale)
+        adamw_step(*args)
         return norm, True

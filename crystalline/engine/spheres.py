@@ -1,6 +1,8 @@
 """The running sphere threads of one hierarchy: Point A, parallel compute, Point B, tree reduction.
 
-    tree = SphereTree(hierarchy, model, (first, count), stats, update=fn, sync="lock_free")
+    tree = SphereTree(hierarchy, model, (first, count), stats, update=fn, sync="lock_free",
+                      balance="static", straggler_mode="sleep")
+    tree.slowdown[w] = 2.0                             # between steps: worker w twice as slow
     outcome = tree.run(Job("train", step, batches))    # called by the trainer, any thread
     tree.close()
 
@@ -10,7 +12,9 @@ for its control children, adds their results and calls `update(grad, loss_sum)` 
 optimizer, given the summed gradient and the summed token losses of this tree's sequences).
 It never runs forward or backward. Workers compute into their own workspace and their own row
 of `grads`; controls reduce in place (see reduce.py). No lock is taken anywhere on the compute
-path unless sync="model_lock", the predecessor's global lock kept as a baseline.
+path unless sync="model_lock", the predecessor's global lock kept as a baseline. With
+balance="dynamic" workers take the step's chunks from a shared counter instead of computing a
+fixed slice, and a slowed worker waits after each forward+backward (see balance.py).
 
 Any exception in any sphere aborts both barriers, wakes every waiting control, and comes back
 from `run` as the outcome's `failure`; `abort()` does the same from outside (stop). The
@@ -27,8 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from crystalline.engine.balance import SharedChunks, live_rows, slow_down
 from crystalline.engine.reduce import reduce_rows, reduction_plan, split_by_group
-from crystalline.engine.stats import FIELD, PHASES, set_phase
+from crystalline.engine.stats import FIELD, PHASES
 
 SYNC_MODES = ("lock_free", "model_lock")
 THREAD_STACK_BYTES = 1 << 20
@@ -59,12 +64,15 @@ class SphereTree:
     """
 
     def __init__(self, hierarchy, model, sequences: tuple[int, int], stats, update,
-                 sync: str = "lock_free"):
+                 sync: str = "lock_free", balance: str = "static", straggler_mode: str = "sleep"):
         T = model.config.block_size
         first, count = sequences
         self.hierarchy, self.model, self.stats, self.update = hierarchy, model, stats, update
         self.tokens_per_step = count * T
         n_workers = len(hierarchy.workers)
+        self.balance, self.straggler_mode = balance, straggler_mode
+        self.slowdown = np.ones(n_workers)    # straggler factor per worker; set between steps
+        self.abort_event = threading.Event()
         self.starts, self.counts = split_by_group(count, [s.group for s in hierarchy.workers])
         self.starts += first
         self.plan, self.root_row = reduction_plan(hierarchy, self.counts)
@@ -73,10 +81,13 @@ class SphereTree:
         # Each step's backward overwrites its worker's row; the layout's padding floats stay 0.
         # Rows of idle workers are never touched, so np.zeros costs them no memory.
         self.grads = np.zeros((n_workers, model.num_parameters), dtype=np.float32)
-        self.inputs = [np.empty((c, T), dtype=np.int32) for c in self.counts]
-        self.targets = [np.empty((c, T), dtype=np.int32) for c in self.counts]
-        self.workspaces = [model.workspace(int(c)) if c else None for c in self.counts]
         self.loss_sums = np.zeros(n_workers, dtype=np.float64)   # worker w writes entry w only
+        if balance == "dynamic":
+            self._init_dynamic(first, count)
+        else:
+            self.inputs = [np.empty((c, T), dtype=np.int32) for c in self.counts]
+            self.targets = [np.empty((c, T), dtype=np.int32) for c in self.counts]
+            self.workspaces = [model.workspace(int(c)) if c else None for c in self.counts]
         # The predecessor's global lock around forward + backward, or no lock at all.
         self.compute_lock = threading.Lock() if sync == "model_lock" else contextlib.nullcontext()
 
@@ -85,6 +96,7 @@ class SphereTree:
         self.barrier_b = threading.Barrier(n)
         self.children_done = {c.id: threading.Semaphore(0) for c in hierarchy.controls}
         self.job = Job("exit")
+        self.step_label = 0        # the step the current job's phase intervals belong to
         self.failure: tuple | None = None
         self.aborted = False
         self._fail_lock = threading.Lock()
@@ -126,10 +138,10 @@ class SphereTree:
         values = self.stats.values
         for s in self.hierarchy.spheres:
             phase = PHASES[int(values[s.id, FIELD["phase"]])]
-            if phase in ("computing", "reducing"):
+            if phase in ("compute", "reduce", "update"):
                 report.append({"sphere": s.id, "role": "node_zero" if s.is_node_zero else s.role,
                                "worker": s.worker_index, "group": s.group, "phase": phase,
-                               "not_arrived_at": "B" if phase == "computing" else "the reduction's end",
+                               "not_arrived_at": "B" if phase == "compute" else "the reduction's end",
                                "seconds": now - values[s.id, FIELD["phase_since"]]})
         return report
 
@@ -140,6 +152,7 @@ class SphereTree:
     def abort(self) -> None:
         """Break both barriers and wake every waiting control: all threads leave promptly."""
         self.aborted = True
+        self.abort_event.set()
         self.barrier_a.abort()
         self.barrier_b.abort()
         for sem in self.children_done.values():
@@ -174,59 +187,125 @@ class SphereTree:
         self.abort()
 
     def _worker_loop(self, sphere) -> None:
-        w, row = sphere.worker_index, self.stats.row(sphere.id)
-        count, ws = int(self.counts[w]), self.workspaces[w]
-        x, y, grad = self.inputs[w], self.targets[w], self.grads[w]
-        tokens = count * self.model.config.block_size
+        w, row, clock = sphere.worker_index, self.stats.row(sphere.id), self.stats.clock(sphere.id)
+        work = self._work_dynamic if self.balance == "dynamic" else self._work_static
         while True:
-            t0, t1, job = self._meet_at_a(row)
+            t0, t1, job = self._meet_at_a(clock)
             if job.kind == "exit":
                 return
-            set_phase(row, "computing")
-            if count:
-                with self.compute_lock:
-                    self._compute(job, ws, x, y, grad, w, tokens)
+            clock.enter("compute")
+            count, micro_batches = work(job, w, row)
+            tokens = count * self.model.config.block_size
             t2 = time.perf_counter()
             # Counters are written before Point B, so they are complete when the step returns.
             if job.kind == "train":
-                row[FIELD["micro_batches"]] += 1 if count else 0
+                row[FIELD["micro_batches"]] += micro_batches
                 row[FIELD["tokens"]] += tokens
             row[FIELD["loss"]] = self.loss_sums[w] / tokens if count else np.nan
             row[FIELD["compute_s"]] += t2 - t1
             row[FIELD["wait_a_s"]] += t1 - t0
-            set_phase(row, "at_b")
+            clock.enter("wait_b")
             self.barrier_b.wait()
             t3 = time.perf_counter()
             row[FIELD["wait_b_s"]] += t3 - t2
+            row[FIELD["efficiency"]] = (t2 - t1) / (t3 - t1) if t3 > t1 else 1.0
             row[FIELD["last_tokens"]] = tokens
             row[FIELD["tokens_per_s"]] = tokens / (t3 - t0)
             row[FIELD["updated"]] = time.time()
 
-    def _meet_at_a(self, row) -> tuple[float, float, Job]:
+    def _meet_at_a(self, clock) -> tuple[float, float, Job]:
         """Wait at Point A; (arrival time, release time, the job Node Zero handed out)."""
-        set_phase(row, "at_a")
+        clock.enter("wait_a")
         t0 = time.perf_counter()
         self.barrier_a.wait()
-        return t0, time.perf_counter(), self.job
+        t1 = time.perf_counter()
+        clock.step = self.step_label
+        return t0, t1, self.job
 
-    def _compute(self, job, ws, x, y, grad, w, tokens) -> None:
+    def _compute(self, job, ws, x, y, grad, accumulate: bool) -> float:
+        """Forward (+ backward into grad, for training) of x -> y; the summed token loss."""
         loss = self.model.forward_into(ws, x, y)
         if job.kind == "train":
-            self.model.backward_into(ws, grad, 1.0, accumulate=False)
-        self.loss_sums[w] = loss * tokens
+            self.model.backward_into(ws, grad, 1.0, accumulate=accumulate)
+        return loss * x.size
+
+    def _work_static(self, job, w, row) -> tuple[int, int]:
+        """Worker w's fixed slice: (sequences computed, micro-batches)."""
+        count = int(self.counts[w])
+        row[FIELD["slowdown"]] = self.slowdown[w]
+        if not count:
+            return 0, 0
+        t = time.perf_counter()
+        with self.compute_lock:
+            self.loss_sums[w] = self._compute(job, self.workspaces[w], self.inputs[w],
+                                              self.targets[w], self.grads[w], accumulate=False)
+        self._straggle(w, row, time.perf_counter() - t)
+        return count, 1
+
+    def _work_dynamic(self, job, w, row) -> tuple[int, int]:
+        """Take chunks from the step's counter until none is left, accumulating into row w of
+        grads (the first chunk overwrites it): (sequences computed, chunks taken)."""
+        chunks, taken, ws, grad = self.chunks, self.assignment[w], self.workspaces[w], self.grads[w]
+        row[FIELD["slowdown"]] = self.slowdown[w]
+        taken.clear()
+        loss_sum, count = 0.0, 0
+        while not self.aborted and (k := chunks.take()) >= 0:
+            lo, n = int(chunks.starts[k]) - self.first, int(chunks.sizes[k])
+            t = time.perf_counter()
+            with self.compute_lock:
+                loss_sum += self._compute(job, ws, self.batch_x[lo:lo + n], self.batch_y[lo:lo + n],
+                                          grad, accumulate=bool(taken))
+            taken.append(k)
+            count += n
+            self._straggle(w, row, time.perf_counter() - t)
+        self.loss_sums[w] = loss_sum
+        self.took[w] = bool(taken)
+        return count, len(taken)
+
+    def _straggle(self, w, row, computed: float) -> None:
+        """A slowed worker spends (factor - 1) x `computed` more seconds (sleeping or spinning)."""
+        factor = self.slowdown[w]
+        if factor > 1.0:
+            row[FIELD["slowed_s"]] += slow_down((factor - 1.0) * computed, self.straggler_mode,
+                                                self.abort_event)
+
+    def _init_dynamic(self, first: int, count: int) -> None:
+        """Dynamic balancing: one batch buffer, a chunk counter, every worker a workspace for the
+        largest chunk and a gradient row; the reduction skips workers that took no chunk."""
+        T, n_workers = self.model.config.block_size, len(self.hierarchy.workers)
+        self.first, self.chunks = first, SharedChunks(first, count, n_workers)
+        self.batch_x = np.empty((count, T), dtype=np.int32)
+        self.batch_y = np.empty((count, T), dtype=np.int32)
+        self.workspaces = [self.model.workspace(self.chunks.max_size) if self.chunks.max_size else None
+                           for _ in range(n_workers)]
+        self.counts = np.full(n_workers, self.chunks.max_size, dtype=np.int64)   # buffer capacity
+        self.assignment = [[] for _ in range(n_workers)]     # chunks worker w took this step
+        self.took = np.zeros(n_workers, dtype=bool)          # worker w writes entry w only
+        self.result_rows = np.full(len(self.hierarchy.spheres), -1, dtype=np.int64)
+        self.children_rows = {c.id: [(k.role == "worker", k.worker_index if k.role == "worker" else k.id)
+                                     for k in c.children] for c in self.hierarchy.controls}
+
+    @property
+    def last_assignment(self) -> list[list[tuple[int, int]]]:
+        """Per worker, the (first sequence, count) of each chunk it computed in the last step."""
+        if self.balance != "dynamic":
+            return [[(int(s), int(c))] if c else [] for s, c in zip(self.starts, self.counts)]
+        return [[(int(self.chunks.starts[k]), int(self.chunks.sizes[k])) for k in taken]
+                for taken in self.assignment]
 
     def _control_loop(self, sphere) -> None:
         row, done = self.stats.row(sphere.id), self.children_done[sphere.id]
+        clock = self.stats.clock(sphere.id)
         parent_done = self.children_done[sphere.parent.id]
         n_control_children = sum(c.role == "control" for c in sphere.children)
         while True:
-            t0, t1, job = self._meet_at_a(row)
+            t0, t1, job = self._meet_at_a(clock)
             if job.kind == "exit":
                 return
-            set_phase(row, "at_b")
+            clock.enter("wait_b")
             self.barrier_b.wait()
             t2 = time.perf_counter()
-            set_phase(row, "reducing")
+            clock.enter("reduce")
             if job.kind == "train":
                 if not self._reduce(sphere, done, n_control_children):
                     return
@@ -243,7 +322,12 @@ class SphereTree:
             done.acquire()
         if self.aborted:
             return False
-        target, sources = self.plan[sphere.id]
+        if self.balance == "dynamic":
+            rows = live_rows(self.children_rows[sphere.id], self.took, self.result_rows)
+            target, sources = (rows[0] if rows else -1), np.array(rows[1:], dtype=np.int64)
+            self.result_rows[sphere.id] = target
+        else:
+            target, sources = self.plan[sphere.id]
         if len(sources):
             reduce_rows(self.grads, target, sources)
         return True
@@ -259,7 +343,8 @@ class SphereTree:
                     self.barrier_a.wait()
                 return
             try:
-                outcome = self._node_zero_step(job, row, done, n_control_children)
+                outcome = self._node_zero_step(job, row, self.stats.clock(sphere.id), done,
+                                               n_control_children)
             except threading.BrokenBarrierError:
                 outcome = Outcome(failure=self.failure, aborted=self.aborted)
             except BaseException as exc:   # noqa: BLE001
@@ -269,35 +354,43 @@ class SphereTree:
             if outcome.failure is not None or outcome.aborted:
                 return
 
-    def _node_zero_step(self, job, row, done, n_control_children) -> Outcome:
-        set_phase(row, "reducing")
+    def _node_zero_step(self, job, row, clock, done, n_control_children) -> Outcome:
+        # Validation passes are recorded under the training step they follow.
+        clock.step = job.step if job.kind == "train" else self.stats.step - 1
+        clock.enter("update")
         t0 = time.perf_counter()
-        for w, (start, count) in enumerate(zip(self.starts, self.counts)):
-            if count:
-                job.batches.fill(job.step, int(start), int(count), self.inputs[w], self.targets[w])
-        self.job = job
+        if self.balance == "dynamic":
+            job.batches.fill(job.step, self.first, len(self.batch_x), self.batch_x, self.batch_y)
+            self.chunks.reset()
+        else:
+            for w, (start, count) in enumerate(zip(self.starts, self.counts)):
+                if count:
+                    job.batches.fill(job.step, int(start), int(count), self.inputs[w], self.targets[w])
+        self.job, self.step_label = job, clock.step
         t1 = time.perf_counter()
-        set_phase(row, "at_a")
+        clock.enter("wait_a")
         self.barrier_a.wait()
         t2 = time.perf_counter()
-        set_phase(row, "at_b")
+        clock.enter("wait_b")
         self.barrier_b.wait()
         t3 = time.perf_counter()
-        set_phase(row, "reducing")
+        clock.enter("reduce")
         loss_sum = float(self.loss_sums.sum())
         result = None
         if job.kind == "train":
             if not self._reduce(self.hierarchy.node_zero, done, n_control_children):
                 return Outcome(failure=self.failure, aborted=True)
-            grad = self.grads[self.root_row] if self.root_row >= 0 else np.zeros_like(self.model.params)
+            root_row = self.result_rows[self.hierarchy.node_zero.id] if self.balance == "dynamic" else self.root_row
+            grad = self.grads[root_row] if root_row >= 0 else np.zeros_like(self.model.params)
             t4 = time.perf_counter()
             if self.aborted:
                 return Outcome(failure=self.failure, aborted=True)
+            clock.enter("update")
             result = self.update(grad, loss_sum)
         else:
             t4 = t3
         t5 = time.perf_counter()
-        set_phase(row, "idle")
+        clock.enter("idle")
         row[FIELD["wait_a_s"]] += t2 - t1
         row[FIELD["wait_b_s"]] += t3 - t2
         row[FIELD["reduce_s"]] += (t1 - t0) + (t5 - t3)
@@ -310,7 +403,7 @@ class SphereTree:
         """Bytes each sphere owns: workers their workspace, segment and batch; Node Zero the rest."""
         for s in self.hierarchy.workers:
             w = s.worker_index
-            owned = self.inputs[w].nbytes + self.targets[w].nbytes
+            owned = 0 if self.balance == "dynamic" else self.inputs[w].nbytes + self.targets[w].nbytes
             if self.counts[w]:
                 owned += self.workspaces[w].nbytes + self.grads[w].nbytes
             self.stats.row(s.id)[FIELD["bytes"]] = owned

@@ -111,7 +111,8 @@ def make_all(out="figures", quick: bool = False, only=None, from_data: bool = Fa
     needs = {FIGURES[n].needs for n in names}
     configs = scaling_configs(cfg, names) if "scaling" in needs else []
     total = (len(cfg.loss_workers) * ("loss" in needs) + len(configs)
-             + cfg.split_steps * ("split" in needs) + len(names))
+             + cfg.split_steps * ("split" in needs) + cfg.straggler_rounds * ("stragglers" in needs)
+             + len(names))
     with tqdm(total=total, disable=not progress, unit="task", desc=f"figures ({cfg.mode})",
               dynamic_ncols=True) as bar:
         def done(what=None):
@@ -137,6 +138,10 @@ def _measure(cfg, needs, configs, done) -> dict:
         measurements["scaling"] = measure.measure_scaling(cfg, configs, on_done=done)
     if "split" in needs:
         measurements["split"] = measure.measure_split(cfg, on_step=lambda: done("time split"))
+    if "stragglers" in needs:
+        measurements["stragglers"] = measure.measure_stragglers(
+            cfg.straggler_preset, cfg.straggler_batch, cfg.seed, cfg.straggler_workers,
+            list(cfg.straggler_factors), cfg.straggler_rounds, cfg.straggler_mode, on_done=done)
     return measurements
 
 

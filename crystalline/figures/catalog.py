@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from crystalline.errors import DataError
+from crystalline.figures.stragglers import draw_stragglers, stragglers_table
 
 GROUPS = 12
 
@@ -22,7 +23,8 @@ class FigureSpec:
     name: str
     description: str
     deterministic: bool                  # same bytes every time it is made on this machine
-    needs: str | None                    # measurement it is made from: loss | scaling | split
+    needs: str | None                    # measurement it is made from: loss | scaling | split |
+                                         # stragglers
     table: Callable                      # (measurements, cfg) -> {column: list}
     draw: Callable                       # (table, provenance dict) -> Figure
     parameters: Callable = lambda cfg: {}   # the config fields this figure depends on
@@ -265,6 +267,8 @@ def _fields(*names):
 SCALING = _fields("seed", "scaling_preset", "scaling_batch", "scaling_steps", "scaling_workers",
                   "sync_workers")
 SPLIT = _fields("seed", "split_preset", "split_batch", "split_steps", "split_workers")
+STRAGGLERS = _fields("seed", "straggler_preset", "straggler_batch", "straggler_workers",
+                     "straggler_factors", "straggler_rounds", "straggler_mode")
 
 SPECS = [
     FigureSpec("hierarchy_63", "the sphere tree for 63 workers (1 + 12 + 63 spheres), radial, "
@@ -289,5 +293,8 @@ SPECS = [
                "bytes", False, "scaling", _memory_table, _draw_memory, SCALING),
     FigureSpec("group_load", "tokens/s of each of the 12 symmetry groups, step by step", False,
                "split", _group_load_table, _draw_group_load, SPLIT),
+    FigureSpec("stragglers", "tokens/s and barrier efficiency against one worker's straggler "
+               "factor, static against dynamic balancing", False, "stragglers",
+               stragglers_table, draw_stragglers, STRAGGLERS),
 ]
 FIGURES = {spec.name: spec for spec in SPECS}

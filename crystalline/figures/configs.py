@@ -29,6 +29,13 @@ class FigureConfig:
     split_batch: int = 126
     split_steps: int = 30
     split_workers: int = 63
+    # The stragglers figure: worker 0 slowed by each factor, static against dynamic, alternated.
+    straggler_preset: str = "cllm-4.5m"
+    straggler_batch: int = 64
+    straggler_workers: int = 2
+    straggler_factors: tuple = (1.0, 1.5, 2.0, 4.0)
+    straggler_rounds: int = 3
+    straggler_mode: str = "sleep"
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v
@@ -38,11 +45,13 @@ class FigureConfig:
 FULL = FigureConfig(mode="full")
 
 QUICK = FigureConfig(mode="quick", loss_steps=40, scaling_preset="tiny", scaling_steps=3,
-                     split_preset="tiny", split_steps=20)
+                     split_preset="tiny", split_steps=20, straggler_preset="small",
+                     straggler_batch=32, straggler_factors=(1.0, 2.0, 4.0))
 
 # The notebook's small-run switch (CRYSTALLINE_SMALL_RUN=1): seconds, in one process.
 SMALL = FigureConfig(mode="small", loss_steps=10, scaling_preset="tiny", scaling_batch=48,
                      scaling_steps=2, scaling_workers=(1, 2, 4, 12), split_preset="tiny",
-                     split_batch=48, split_steps=8, split_workers=12)
+                     split_batch=48, split_steps=8, split_workers=12, straggler_preset="tiny",
+                     straggler_batch=32, straggler_factors=(1.0, 2.0, 4.0), straggler_rounds=2)
 
 CONFIGS = {c.mode: c for c in (QUICK, FULL, SMALL)}

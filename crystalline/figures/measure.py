@@ -159,6 +159,37 @@ def measure_split(cfg, on_step=None) -> dict:
     }
 
 
+def measure_stragglers(preset_name: str, batch: int, seed: int, workers: int, factors,
+                       rounds: int, mode: str = "sleep", corpus=None, on_done=None) -> list[dict]:
+    """Tokens/s and barrier efficiency of one step with worker 0 slowed by each factor, static
+    against dynamic balancing: `rounds` rounds, each running every (factor, balance) once, the
+    order of the two balances swapped every round. One row per measured step."""
+    corpus = corpus if corpus is not None else _corpus()
+    trainers = {b: _trainer(preset_name, batch, seed, workers, corpus=corpus) for b in ("static", "dynamic")}
+    rows = []
+    try:
+        for balance, tr in trainers.items():
+            tr.set_balance(balance)
+            tr.step()                               # compile, touch every buffer
+        for r in range(rounds):
+            for factor in factors:
+                order = ("static", "dynamic") if (r + factors.index(factor)) % 2 == 0 \
+                    else ("dynamic", "static")
+                for balance in order:
+                    tr = trainers[balance]
+                    tr.set_stragglers({0: factor} if factor > 1 else {}, mode)
+                    result = tr.step()
+                    rows.append({"round": r, "workers": workers, "factor": factor,
+                                 "balance": balance, "tokens_per_s": result.tokens_per_s,
+                                 "efficiency": tr.history[-1]["efficiency"]})
+            if on_done:
+                on_done(f"stragglers, round {r + 1} of {rounds}")
+    finally:
+        for tr in trainers.values():
+            tr.close()
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Measure one scaling configuration; prints JSON.")
     p.add_argument("--preset", required=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import matplotlib
 
-from crystalline.data.cache import atomic_write_bytes
+from crystalline.io import atomic_write_bytes
 from crystalline.errors import DataError
 
 DPI = 110

@@ -262,7 +262,8 @@ class GPT:
         return grads
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k=None,
-                 seed: int = 0) -> np.ndarray:
-        """Sample max_new_tokens after idx (B, T0), cropping the context to block_size."""
+                 seed: int = 0, cache: bool = True) -> np.ndarray:
+        """Sample max_new_tokens after idx (B, T0), cropping the context to block_size; cache=True
+        keeps keys and values per layer (see crystalline.model.sample)."""
         from crystalline.model.sample import generate
-        return generate(self, idx, max_new_tokens, temperature, top_k, seed)
+        return generate(self, idx, max_new_tokens, temperature, top_k, seed, cache)

@@ -8,6 +8,22 @@ from numba import njit
 from crystalline.config import FASTMATH
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _scalars(lr, beta1, beta2, eps, weight_decay, t):
+    """The float32 constants of step t: formed in float64 once, so the loop runs in float32."""
+    return (np.float32(beta1), np.float32(beta2), np.float32(1.0 - beta1), np.float32(1.0 - beta2),
+            np.float32(lr / (1.0 - beta1 ** t)), np.float32(1.0 / math.sqrt(1.0 - beta2 ** t)),
+            np.float32(eps), np.float32(lr * weight_decay))
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _element(p, g, mi, vi, mask, b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay):
+    """(m, v, p) of one parameter after the step."""
+    mi = b1 * mi + a1 * g
+    vi = b2 * vi + a2 * g * g
+    return mi, vi, p - step * mi / (np.sqrt(vi) * inv_sqrt_bc2 + e) - decay * mask * p
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def adamw_step(params, grads, m, v, decay_mask, lr, beta1, beta2, eps, weight_decay, t,
                grad_scale=1.0):
@@ -16,17 +32,24 @@ def adamw_step(params, grads, m, v, decay_mask, lr, beta1, beta2, eps, weight_de
 
     Scalars are formed in float64 once, the loop runs in float32 (as PyTorch's does), so it
     vectorises 16 lanes wide: m_hat / (sqrt(v_hat) + eps) = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)."""
-    b1, b2 = np.float32(beta1), np.float32(beta2)
-    a1, a2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
-    step = np.float32(lr / (1.0 - beta1 ** t))
-    inv_sqrt_bc2 = np.float32(1.0 / math.sqrt(1.0 - beta2 ** t))
-    e = np.float32(eps)
-    decay = np.float32(lr * weight_decay)
+    b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay = _scalars(lr, beta1, beta2, eps, weight_decay, t)
     for i in range(params.shape[0]):
         g = np.float32(grads[i] * grad_scale)       # as clip.scale_ rounds it
-        mi = b1 * m[i] + a1 * g
-        vi = b2 * v[i] + a2 * g * g
-        m[i] = mi
-        v[i] = vi
-        p = params[i]
-        params[i] = p - step * mi / (np.sqrt(vi) * inv_sqrt_bc2 + e) - decay * decay_mask[i] * p
+        m[i], v[i], params[i] = _element(params[i], g, m[i], v[i], decay_mask[i],
+                                         b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def adamw_step_is_finite(params, grads, m, v, decay_mask, lr, beta1, beta2, eps, weight_decay, t,
+                         grad_scale=1.0):
+    """Whether adamw_step with the same arguments would leave every parameter and moment finite.
+
+    Computes the step exactly as adamw_step does and writes nothing."""
+    b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay = _scalars(lr, beta1, beta2, eps, weight_decay, t)
+    bad = False
+    for i in range(params.shape[0]):
+        g = np.float32(grads[i] * grad_scale)
+        mi, vi, p = _element(params[i], g, m[i], v[i], decay_mask[i],
+                             b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay)
+        bad |= not (np.isfinite(p) & np.isfinite(mi) & np.isfinite(vi))
+    return not bad
