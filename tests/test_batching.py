@@ -141,6 +141,13 @@ def test_every_refusal_names_the_value_and_the_fix_in_full():
     for call, error, message in cases:
         with pytest.raises(error, match="^" + re.escape(message)):
             call()
+    for bad in (True, 2.0, -1):
+        with pytest.raises(ConfigError, match="step = "):
+            batches.offsets(bad)
+        with pytest.raises(ConfigError, match="sequence index "):
+            batches.sequence(0, 3 if bad == -1 else bad)
+    fresh = Batches(TOKENS, block_size=4, batch_size=3, seed=0)
+    assert fresh.offsets(1).shape == (3,)              # a first call at step 1 draws, never a stale cache
     batches.fill(0, 0, 3, good, good.copy())            # the limits themselves are allowed
     batches.fill(0, 3, 0, good, good.copy())
     assert batches.sequence(0, 2)[0].shape == (4,) and batches.offsets(0).shape == (3,)
