@@ -2,6 +2,8 @@
 
 import pytest
 
+from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 - in CI a skip fails
+
 
 @pytest.fixture(autouse=True)
 def _isolated_token_cache(tmp_path_factory, monkeypatch):

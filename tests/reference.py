@@ -76,3 +76,14 @@ def gpt_loss(p, cfg, idx, targets):
     logits = matmul(layernorm(x, p["lnfw"], p["lnfb"]), p["wte"])
     losses, _ = crossentropy(logits, targets.reshape(-1))
     return losses.mean(), logits.reshape(B, T, -1)
+
+
+def warmup_cosine(step, peak, floor, warmup, total):
+    """llm.c's learning-rate schedule: step s < warmup gets peak * (s + 1) / warmup, then half a
+    cosine from peak down to `floor` at step `total`; from `total` on, `floor`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if step >= total:
+        return floor
+    angle = math.pi * (step - warmup) / (total - warmup)
+    return floor + (peak - floor) * (math.cos(angle) + 1) / 2

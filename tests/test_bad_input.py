@@ -1,6 +1,7 @@
 """Bad input at the trainer's and sampler's boundary: each a clear error, or handled as documented."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +14,14 @@ from crystalline.sampling import sample_text
 
 MODEL_CFG, TRAIN_CFG = preset("tiny")
 TRAIN_CFG = TRAIN_CFG.replace(batch_size=4, eval_interval=0)
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt"
 
 
 def test_corpus_shorter_than_a_block_is_refused_with_lengths(tmp_path):
     path = tmp_path / "short.txt"
     path.write_text("too short")
-    with pytest.raises(DataError, match=r"block_size|shorter"):
+    with pytest.raises(DataError, match=r"the corpus has 9 tokens, too few for block_size = 32 "
+                                        r"\(a sequence needs block_size \+ 1 = 33\)"):
         Trainer(MODEL_CFG, TRAIN_CFG, path, workers=1)
 
 
@@ -65,7 +68,7 @@ def test_squad_corpus_trains(tmp_path):
 
 
 def test_word_tokenizer_trainer_and_prompts(tmp_path, shakespeare):
-    with Trainer(MODEL_CFG, TRAIN_CFG, "data/tinyshakespeare.txt", workers=1, tokenizer="word") as tr:
+    with Trainer(MODEL_CFG, TRAIN_CFG, CORPUS, workers=1, tokenizer="word") as tr:
         assert tr.model.config.vocab_size == tr.corpus.tokenizer.vocab_size > 256
         tr.step()
         text = sample_text(tr.model, tr.corpus.tokenizer, "the king", 5, seed=1)

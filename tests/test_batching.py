@@ -107,3 +107,47 @@ def test_bad_tokens_steps_and_buffers():
 def test_tokens_of_other_integer_dtypes_are_accepted():
     batches = Batches(TOKENS.astype(np.uint16), block_size=4, batch_size=2, seed=0)
     assert batches.tokens.dtype == np.int32 and batches.sequence(0, 0)[0].dtype == np.int32
+
+
+def test_every_refusal_names_the_value_and_the_fix_in_full():
+    import re
+    batches = Batches(TOKENS, block_size=4, batch_size=3, seed=0)
+    good = np.zeros((3, 4), np.int32)
+    cases = [
+        (lambda: Batches(TOKENS, block_size=0, batch_size=2, seed=0), ConfigError,
+         "block_size = 0 is invalid: use a positive integer"),
+        (lambda: Batches(TOKENS, block_size=4, batch_size=-1, seed=0), ConfigError,
+         "batch_size = -1 is invalid: use a positive integer"),
+        (lambda: Batches(TOKENS, block_size=4, batch_size=2, seed=-1), ConfigError,
+         "seed = -1 is invalid: use a non-negative integer"),
+        (lambda: Batches(np.zeros((4, 4), np.int32), 2, 2, 0), DataError,
+         "tokens must be a 1-D integer array, got shape (4, 4) dtype int32; pass corpus.tokens or a "
+         "split of it"),
+        (lambda: Batches(np.arange(10, dtype=np.int32), 10, 2, 0), DataError,
+         "the corpus has 10 tokens, too few for block_size = 10 (a sequence needs block_size + 1 = "
+         "11); use a smaller block_size or more text"),
+        (lambda: batches.offsets(-1), ConfigError, "step = -1 is invalid: use a non-negative integer"),
+        (lambda: batches.sequence(0, 3), ConfigError,
+         "sequence index 3 is invalid: use 0 <= i < batch_size = 3"),
+        (lambda: batches.fill(0, 2, 2, good, good.copy()), ConfigError,
+         "sequences 2..2+2 are not within the batch of 3; use 0 <= start and start + count <= batch_size"),
+        (lambda: batches.fill(0, -1, 1, good, good.copy()), ConfigError,
+         "sequences -1..-1+1 are not within the batch of 3"),
+        (lambda: batches.fill(0, 0, 3, np.zeros((3, 4), np.int64), good), ConfigError,
+         "x_out must be a writable int32 array of shape (>=3, 4), got ndarray shape (3, 4) dtype int64"),
+        (lambda: batches.fill(0, 0, 3, good, [[0] * 4] * 3), ConfigError,
+         "y_out must be a writable int32 array of shape (>=3, 4), got list shape None dtype None"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match="^" + re.escape(message)):
+            call()
+    for bad in (True, 2.0, -1):
+        with pytest.raises(ConfigError, match="step = "):
+            batches.offsets(bad)
+        with pytest.raises(ConfigError, match="sequence index "):
+            batches.sequence(0, 3 if bad == -1 else bad)
+    fresh = Batches(TOKENS, block_size=4, batch_size=3, seed=0)
+    assert fresh.offsets(1).shape == (3,)              # a first call at step 1 draws, never a stale cache
+    batches.fill(0, 0, 3, good, good.copy())            # the limits themselves are allowed
+    batches.fill(0, 3, 0, good, good.copy())
+    assert batches.sequence(0, 2)[0].shape == (4,) and batches.offsets(0).shape == (3,)

@@ -122,3 +122,66 @@ def test_missing_and_foreign_files(tmp_path):
     save_file({"x": np.zeros(3, np.float32)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(CheckpointError, match="not written by crystalline"):
         read_checkpoint(tmp_path / "foreign.safetensors")
+
+
+def test_load_model_returns_the_saved_parameters(checkpoint):
+    model, _, meta = load_model(checkpoint)
+    tensors, _ = read_checkpoint(checkpoint)
+    assert np.array_equal(model.params, tensors["params"]) and meta["step"] == 1
+
+
+def test_trainer_load_restores_state_and_step_counter(shakespeare, checkpoint):
+    tensors, meta = read_checkpoint(checkpoint)
+    with Trainer.load(checkpoint, corpus=shakespeare) as tr:
+        assert tr.steps_done == tr.stats.step == meta["step"] == 1 and tr.optimizer.t == meta["adam_t"]
+        assert np.array_equal(tr.optimizer.v, tensors["adam_v"]) and tr.sync == "lock_free"
+        assert tr.workers == meta["workers"] == 2
+
+
+def test_a_corpus_missing_here_is_named_with_the_fix(checkpoint, tmp_path):
+    from crystalline.checkpoint import _digest
+    tensors, _ = read_checkpoint(checkpoint)
+
+    def elsewhere(meta):
+        meta["data_source"] = "/no/such/corpus.txt"
+        meta["digest"] = _digest(tensors, meta)
+
+    moved = rewrite_metadata(checkpoint, tmp_path / "moved.safetensors", elsewhere)
+    from crystalline.errors import DataError
+    with pytest.raises(DataError, match=r"^the checkpoint's corpus /no/such/corpus.txt is not on this "
+                                        r"machine; pass corpus=PATH \(the same text\) to Trainer.load "
+                                        r"or --data to the CLI$"):
+        Trainer.load(moved)
+
+
+def test_refusals_in_full(checkpoint, tmp_path):
+    import re
+    pickled = tmp_path / "m.pt"
+    pickled.write_bytes(pickle.dumps([1]))
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(checkpoint.read_bytes()[:5])
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(checkpoint.read_bytes()[:-1000])
+    cases = [
+        (tmp_path / "nope.safetensors", "checkpoint {p} does not exist; pass the path of a .safetensors "
+         "file written by crystalline (e.g. runs/NAME/checkpoint.safetensors)"),
+        (pickled, "{p} looks like a pickle / torch.save file; crystalline never unpickles files. Use a "
+         "checkpoint written by crystalline (safetensors)"),
+        (short, "{p} is not a safetensors file (bad header); it may be truncated or of another format"),
+        (cut, "{p} cannot be read as a safetensors checkpoint ("),
+    ]
+    for path, message in cases:
+        with pytest.raises(CheckpointError, match="^" + re.escape(message.format(p=path))):
+            read_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"it may be truncated: use an earlier checkpoint$"):
+        read_checkpoint(cut)
+    version = rewrite_metadata(checkpoint, tmp_path / "v.safetensors", lambda meta: meta.update(version=99))
+    with pytest.raises(CheckpointError, match=r": checkpoint format version 99; this crystalline reads "
+                                              r"version 1$"):
+        read_checkpoint(version)
+    extra = rewrite_metadata(checkpoint, tmp_path / "x.safetensors", lambda meta: meta.update(extra=1))
+    with pytest.raises(CheckpointError, match=r"metadata is not a crystalline checkpoint's \(fields differ\)$"):
+        read_checkpoint(extra)
+    wrong = rewrite_metadata(checkpoint, tmp_path / "f.safetensors", lambda meta: meta.update(format="other"))
+    with pytest.raises(CheckpointError, match=r"fields differ"):
+        read_checkpoint(wrong)

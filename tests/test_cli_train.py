@@ -45,6 +45,7 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_bad_prompts_are_clear_errors(tmp_path, capsys):
@@ -54,7 +55,9 @@ def test_bad_prompts_are_clear_errors(tmp_path, capsys):
     assert main(["sample", "--ckpt", ckpt, "--prompt", ""]) == 2
     assert "prompt is empty" in capsys.readouterr().err
     assert main(["sample", "--ckpt", ckpt, "--temperature", "0"]) == 2
-    assert "--temperature 0.0 is invalid" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--temperature 0.0 is invalid" in err, err
+    assert len(err.strip().splitlines()) == 1, err
     assert main(["sample", "--ckpt", str(run), "--prompt", "x"]) == 2      # the run folder itself
     assert f"is a folder, not a checkpoint file; pass {ckpt}" in capsys.readouterr().err
 

@@ -1,5 +1,7 @@
 """Configs: validation names the field and the fix; replace, dict and TOML round trips; presets."""
 
+import dataclasses
+
 import pytest
 
 from crystalline.config import PRESETS, ModelConfig, TrainConfig, load_toml, preset, save_toml
@@ -34,7 +36,7 @@ def test_invalid_train_fields(field, value):
 
 def test_frozen_replace_and_dict_round_trip():
     cfg = ModelConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="n_layer"):
         cfg.n_layer = 3
     small = cfg.replace(n_layer=3)
     assert small.n_layer == 3 and cfg.n_layer == 6

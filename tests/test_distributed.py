@@ -126,8 +126,76 @@ def scenario_drift(out: Path) -> None:
     tr.close()
 
 
+def _refused(out: Path, make) -> None:
+    """Each rank writes the ConfigError that building its trainer raised (or "built")."""
+    from mpi4py import MPI
+
+    from crystalline.errors import ConfigError
+    rank = MPI.COMM_WORLD.rank
+    try:
+        make(rank).close()
+        message = "built"
+    except ConfigError as e:
+        message = str(e)
+    (out / f"refused-{rank}.txt").write_text(message)
+
+
+def scenario_mismatch_config(out: Path) -> None:
+    """Rank 1 asks for another learning rate: every rank must refuse to start."""
+    from crystalline.data.corpus import bundled_corpus
+    from crystalline.distributed import DistributedTrainer
+    model_cfg, train_cfg = _configs()
+    _refused(out, lambda rank: DistributedTrainer(
+        model_cfg, train_cfg.replace(learning_rate=1e-3 * (1 + rank)), str(bundled_corpus()), workers=1))
+
+
+def scenario_mismatch_corpus(out: Path) -> None:
+    """Rank 1 reads another text of the same length: every rank must refuse to start."""
+    from crystalline.data.corpus import bundled_corpus
+    from crystalline.distributed import DistributedTrainer
+    text = Path(bundled_corpus()).read_bytes()
+    mine = out / f"corpus-{MPI_rank()}.txt"
+    mine.write_bytes(text if MPI_rank() == 0 else text.upper())
+    _refused(out, lambda rank: DistributedTrainer(*_configs(), str(mine), workers=1))
+
+
+def MPI_rank() -> int:
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.rank
+
+
+def scenario_broadcast(out: Path) -> None:
+    """Rank 1 initialises its model from another seed (a patched init); after the start-up
+    broadcast both ranks hold rank 0's parameters, which equal a single process's."""
+    import zlib
+
+    from mpi4py import MPI
+
+    from crystalline.model.gpt import GPT
+    if MPI_rank() == 1:
+        init = GPT._init_weights
+        GPT._init_weights = lambda self, seed: init(self, seed + 99)
+    tr = _trainer()
+    crcs = MPI.COMM_WORLD.allgather(zlib.crc32(tr.model.params.view(np.uint8)))
+    if tr.is_root:
+        np.save(out / "params0.npy", tr.model.params)
+        (out / "broadcast.json").write_text(json.dumps({"crcs": crcs}))
+    tr.close()
+
+
+def scenario_default_checks(out: Path) -> None:
+    """Default check_every: the ranks compare checksums after steps 50 and 100, no others."""
+    tr = _trainer()
+    checked, check = [], tr.check_sync
+    tr.check_sync = lambda: (checked.append(tr.steps_done), check())[1]
+    tr.run(101, progress=False)
+    (out / f"checks-{tr.rank}.json").write_text(json.dumps({"every": tr.check_every, "at": checked}))
+    tr.close()
+
+
 SCENARIOS = {f.__name__.removeprefix("scenario_"): f for f in
-             (scenario_train, scenario_graph, scenario_raise, scenario_raise_cli, scenario_hang, scenario_drift)}
+             (scenario_train, scenario_graph, scenario_raise, scenario_raise_cli, scenario_hang, scenario_drift,
+              scenario_mismatch_config, scenario_mismatch_corpus, scenario_broadcast, scenario_default_checks)}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]](Path(sys.argv[2]))
@@ -268,6 +336,50 @@ def test_batch_smaller_than_ranks_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "batch_size = 1 is smaller than the 2 MPI ranks" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("scenario, key", [("mismatch_config", "train"),
+                                           ("mismatch_corpus", "corpus crc32")])
+def test_ranks_refuse_mismatched_configs_or_corpora(tmp_path, scenario, key):
+    rc, output, _ = mpirun(scenario, tmp_path)
+    assert rc == 0, output
+    for rank in range(RANKS):
+        message = (tmp_path / f"refused-{rank}.txt").read_text()
+        assert message.startswith(f"MPI ranks [1] disagree with rank 0 on the {key} ("), message
+        assert "every rank must get the same config, corpus and tokenizer" in message
+
+
+def test_rank_0s_parameters_are_broadcast_at_start(tmp_path):
+    from crystalline.model.gpt import GPT
+    rc, output, _ = mpirun("broadcast", tmp_path)
+    assert rc == 0, output
+    crcs = json.loads((tmp_path / "broadcast.json").read_text())["crcs"]
+    assert len(crcs) == RANKS and len(set(crcs)) == 1
+    model_cfg, train_cfg = _configs()
+    own = GPT(model_cfg, seed=train_cfg.seed).params        # rank 0's: the config's seed
+    np.testing.assert_array_equal(np.load(tmp_path / "params0.npy"), own)
+
+
+def test_the_default_checksum_interval_is_50_steps(tmp_path):
+    rc, output, _ = mpirun("default_checks", tmp_path, timeout=3 * TIMEOUT_S)
+    assert rc == 0, output
+    for rank in range(RANKS):
+        result = json.loads((tmp_path / f"checks-{rank}.json").read_text())
+        assert result == {"every": 50, "at": [50, 100]}, result
+
+
+def test_only_rank_0_writes_and_prints(tmp_path):
+    from crystalline.checkpoint import read_checkpoint
+    run = tmp_path / "run"
+    cmd = [_mpiexec(), "-n", str(RANKS), sys.executable, "-m", "crystalline", "train", "--distributed",
+           "--steps", "3", "--workers", "1", "--ckpt-interval", "1", "--run-dir", str(run),
+           "--sample", "20", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("--- sample") == 1, proc.stdout
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert read_checkpoint(run / "checkpoint.safetensors")[1]["step"] == 3
+    assert not [p for p in tmp_path.iterdir() if p != run]           # nothing beside the run folder
 
 
 def test_graph_and_drawing_without_mpi():

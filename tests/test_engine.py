@@ -1,14 +1,16 @@
 """The engine's invariant, determinism, stats, resize and faults, on the tiny preset."""
 
+import math
 import threading
 
 import numpy as np
 import pytest
 
+import reference as ref
 from crystalline import Hierarchy, Trainer
 from crystalline.config import preset
 from crystalline.data.batching import Batches
-from crystalline.engine.optimizer import ADAM_EPS, learning_rate
+from crystalline.engine.optimizer import ADAM_EPS
 from crystalline.engine.stats import FIELD
 from crystalline.engine.trainer import TrainingStopped
 from crystalline.errors import ConfigError, TrainingError
@@ -39,7 +41,9 @@ def reference_params(corpus, steps, train_cfg=TRAIN_CFG):
         norm = grad_norm(grad)
         if norm > train_cfg.grad_clip:
             scale_(grad, train_cfg.grad_clip / norm)
-        adamw_step(model.params, grad, m, v, model.decay_mask, learning_rate(step, train_cfg),
+        lr = ref.warmup_cosine(step, train_cfg.learning_rate, train_cfg.min_lr, train_cfg.warmup_steps,
+                               train_cfg.max_steps)          # the schedule written in the tests
+        adamw_step(model.params, grad, m, v, model.decay_mask, lr,
                    train_cfg.beta1, train_cfg.beta2, ADAM_EPS, train_cfg.weight_decay, step + 1)
     return model.params.copy()
 
@@ -90,7 +94,10 @@ def test_loss_falls(shakespeare):
         results = tr.run(60, progress=False)
     first = np.mean([r.loss for r in results[:5]])
     last = np.mean([r.loss for r in results[-5:]])
-    assert first > 5.0 and last < first - 1.5, (first, last)
+    # an untrained model predicts bytes uniformly: ln 256 = 5.545 nats; 60 steps of batch 8 reach
+    # 3.27 over the last five steps (measured), about what the byte frequencies alone give (3.31)
+    assert results[0].loss == pytest.approx(math.log(256), abs=0.05), first
+    assert last < 3.5 and last < first - 2.0, (first, last)
 
 
 def test_stats_add_up_and_fill_every_time_field(shakespeare):
@@ -180,15 +187,42 @@ def test_a_worker_raising_at_a_random_step_names_the_sphere_and_leaves_no_thread
     assert set(threading.enumerate()) <= before
 
 
-def test_pause_resume_and_step_after_stop(shakespeare):
+def test_pause_lets_the_step_in_flight_finish_then_no_step_runs_until_resume(shakespeare):
+    """pause() during step 2: step 2 completes, the driver then parks (we see it block in its
+    wait) and no step starts or completes while paused; resume() trains on. No sleeps: a worker
+    holds step 2 until pause() has returned, and the driver's wait reports when it blocks."""
     tr = make_trainer(shakespeare, workers=3)
+    in_step_2, release, parked = threading.Event(), threading.Event(), threading.Event()
+    started_while_paused = []
+    original_forward, original_wait = tr.model.forward_into, tr._running.wait
+
+    def forward(ws, x, y, params=None):
+        if tr.steps_done == 2:
+            in_step_2.set()
+            assert release.wait(30)
+        elif not tr._running.is_set():       # a step other than the one in flight at pause()
+            started_while_paused.append(tr.steps_done)
+        return original_forward(ws, x, y, params)
+
+    def wait(timeout=None):
+        if not tr._running.is_set():
+            parked.set()
+        return original_wait(timeout)
+
+    tr.model.forward_into, tr._running.wait = forward, wait
     tr.start()
+    assert in_step_2.wait(60)
     tr.pause()
-    done = tr.steps_done
+    assert tr.state == "paused"
+    release.set()
+    assert parked.wait(60), "the driver never stopped at pause()"
+    assert tr.steps_done == 3 and started_while_paused == []   # step 2 finished, step 3 not begun
+    assert tr.state == "paused" and len(tr.history) == 3
     tr.resume()
     tr.stop()
-    assert tr.steps_done >= done
+    assert tr.driver_error is None and started_while_paused == []
     n = tr.steps_done
+    assert n >= 3
     tr.step()
     assert tr.steps_done == n + 1
     tr.close()

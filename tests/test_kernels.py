@@ -232,7 +232,8 @@ def test_exp_nonpos_matches_numpy():
     x = np.concatenate([-np.geomspace(1e-9, 80, 3000), [0.0, -87.0, -200.0, -np.inf]])
     got = np.array([exp_nonpos(v) for v in x])
     np.testing.assert_allclose(got[:-3], np.exp(x[:-3]), rtol=1e-9)
-    assert np.all(got[-3:] <= np.exp(-80.0) * (1 + 1e-9))   # clamped: a zero probability
+    # clamped at exp(-80): a probability of (almost) zero, never negative, never NaN
+    np.testing.assert_allclose(got[-3:], np.exp(-80.0), rtol=1e-9)
 
 
 @pytest.mark.parametrize("T_", [1, 31, 32, 33, 70])
@@ -396,3 +397,121 @@ def test_register_tiles_transpose_and_copy_against_numpy(accumulate):
     assert np.count_nonzero(t) == 256
     np.testing.assert_array_equal(cp[1:17], src.reshape(-1)[30:46])
     assert cp[0] == 0 and cp[17:].tolist() == [0, 0, 0]
+
+
+# ---- widths that enter the 16-lane vector loops: whole vectors (16, 48) and a tail (19) ------
+
+WIDTHS = [16, 19, 48]
+
+
+@pytest.mark.parametrize("C_", WIDTHS)
+def test_layernorm_at_vector_widths(C_):
+    x, w, b, dout = f32(N, C_, scale=2.0), f32(C_), f32(C_), f32(N, C_)
+    out, mean, rstd = np.zeros((N, C_), np.float32), np.zeros(N, np.float32), np.zeros(N, np.float32)
+    layernorm_forward(out, mean, rstd, x, w, b, N, C_)
+    np.testing.assert_allclose(out, ref.layernorm(d(x), d(w), d(b)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mean, d(x).mean(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(d(x).var(-1) + 1e-5), rtol=1e-5)
+    dx, dw, db = np.full_like(x, 0.5), np.full_like(w, 0.25), np.zeros_like(b)
+    layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C_)
+    close(dx - 0.5, fd_grad(lambda v: (ref.layernorm(v, d(w), d(b)) * dout).sum(), x))
+    close(dw - 0.25, fd_grad(lambda v: (ref.layernorm(d(x), v, d(b)) * dout).sum(), w))
+    close(db, fd_grad(lambda v: (ref.layernorm(d(x), d(w), v) * dout).sum(), b))
+
+
+@pytest.mark.parametrize("C_", WIDTHS)
+def test_matmul_at_vector_widths(C_):
+    OC = C_ + 3
+    x, w, b, dout = f32(N, C_), f32(OC, C_), f32(OC), f32(N, OC)
+    out = np.zeros((N, OC), np.float32)
+    matmul_forward(out, x, w, b, N, C_, OC)
+    np.testing.assert_allclose(out, ref.matmul(d(x), d(w), d(b)), rtol=1e-5, atol=1e-5)
+    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    matmul_backward(dx, dw, db, dout, x, w, N, C_, OC)
+    close(dx, fd_grad(lambda v: (ref.matmul(v, d(w), d(b)) * dout).sum(), x))
+    close(dw, fd_grad(lambda v: (ref.matmul(d(x), v, d(b)) * dout).sum(), w))
+    close(db, fd_grad(lambda v: (ref.matmul(d(x), d(w), v) * dout).sum(), b))
+
+
+@pytest.mark.parametrize("C_", WIDTHS)
+def test_encoder_and_residual_at_vector_widths(C_):
+    V = 7
+    idx = rng.integers(0, V, (B, T)).astype(np.int32)
+    wte, wpe, dout = f32(V, C_), f32(T, C_), f32(N, C_)
+    out = np.zeros((N, C_), np.float32)
+    encoder_forward(out, idx, wte, wpe, B, T, C_)
+    np.testing.assert_allclose(out, ref.encoder(idx, d(wte), d(wpe)), rtol=1e-6)
+    dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
+    encoder_backward(dwte, dwpe, dout, idx, B, T, C_)
+    close(dwte, fd_grad(lambda v: (ref.encoder(idx, v, d(wpe)) * dout).sum(), wte))
+    close(dwpe, fd_grad(lambda v: (ref.encoder(idx, d(wte), v) * dout).sum(), wpe))
+    a, b2, dres = f32(N * C_), f32(N * C_), f32(N * C_)
+    res = np.zeros_like(a)
+    residual_forward(res, a, b2, N * C_)
+    np.testing.assert_array_equal(res, a + b2)
+    da, db = np.ones_like(a), np.zeros_like(b2)
+    residual_backward(da, db, dres, N * C_)
+    np.testing.assert_array_equal(da, np.float32(1) + dres)
+    np.testing.assert_array_equal(db, dres)
+
+
+@pytest.mark.parametrize("C_", WIDTHS)
+def test_gelu_at_vector_widths(C_):
+    n = N * C_
+    x, dout = f32(n, scale=2.0), f32(n)
+    out, kept = np.zeros_like(x), x.copy()
+    gelu_forward(out, x, n)
+    np.testing.assert_allclose(out, ref.gelu(d(x)), rtol=0, atol=2e-6)
+    gelu_forward_keep_grad(out, kept, n)
+    np.testing.assert_allclose(out, ref.gelu(d(x)), rtol=0, atol=2e-6)
+    numeric = fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x)
+    dx = np.zeros_like(x)
+    gelu_backward(dx, x, dout, n)
+    close(dx, numeric)
+    dx = np.full_like(x, np.nan)
+    gelu_backward_from_grad(dx, kept, dout, n)
+    close(dx, numeric)
+
+
+@pytest.mark.parametrize("V", WIDTHS)
+def test_crossentropy_at_vector_widths(V):
+    logits, targets = f32(N, V, scale=3.0), rng.integers(0, V, N).astype(np.int32)
+    probs, losses = np.zeros((N, V), np.float32), np.zeros(N, np.float32)
+    total = crossentropy_forward(probs, losses, logits, targets, N, V)
+    rl, rp = ref.crossentropy(d(logits), targets)
+    np.testing.assert_allclose(losses, rl, rtol=1e-5)
+    np.testing.assert_allclose(probs, rp, rtol=1e-5, atol=1e-7)
+    assert total == pytest.approx(rl.sum(), rel=1e-5)
+    dlogits = np.zeros_like(logits)
+    crossentropy_backward(dlogits, probs, targets, 0.25, N, V)
+    close(dlogits, fd_grad(lambda v: 0.25 * ref.crossentropy(v, targets)[0].sum(), logits))
+
+
+@pytest.mark.parametrize("n", [16, 19, 48, 1003])
+def test_adamw_at_vector_widths(n):
+    p, m, v = f32(n), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    mask = (rng.random(n) < 0.5).astype(np.float32)
+    rp, rm, rv = d(p), d(m), d(v)
+    for t in range(1, 4):
+        g = f32(n)
+        adamw_step(p, g, m, v, mask, 1e-2, 0.9, 0.95, 1e-8, 0.5, t)
+        rp, rm, rv = ref.adamw(rp, d(g), rm, rv, d(mask), 1e-2, 0.9, 0.95, 1e-8, 0.5, t)
+    np.testing.assert_allclose(p, rp, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(v, rv, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("T_, C_, NH", [(5, 16, 1), (6, 19, 1), (4, 48, 3), (9, 48, 2)])
+def test_attention_blas_path_at_vector_widths(T_, C_, NH):
+    """Head sizes 16, 19, 16 and 24 on the BLAS path (T not a multiple of 16), full finite
+    differences of dqkv."""
+    assert not tiled(T_, C_ // NH)
+    qkv, dout = f32(B, T_, 3 * C_), f32(B, T_, C_)
+    out, att = np.zeros((B * T_, C_), np.float32), np.full((B, NH, T_, T_), np.nan, np.float32)
+    attention_forward(out, att, qkv.reshape(B * T_, 3 * C_), B, T_, C_, NH)
+    y, p = ref.attention(d(qkv), NH)
+    np.testing.assert_allclose(out, y.reshape(B * T_, C_), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(att, p, rtol=1e-5, atol=1e-7)
+    dqkv = np.zeros((B * T_, 3 * C_), np.float32)
+    attention_backward(dqkv, np.full((T_, T_), np.nan, np.float32), dout.reshape(B * T_, C_),
+                       qkv.reshape(B * T_, 3 * C_), att, B, T_, C_, NH)
+    close(dqkv.reshape(B, T_, 3 * C_), fd_grad(lambda v: (ref.attention(v, NH)[0] * dout).sum(), qkv))

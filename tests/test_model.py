@@ -15,9 +15,18 @@ from crystalline.errors import ConfigError
 from crystalline.model.gpt import GPT
 from crystalline.model.kernels.adamw import adamw_step
 from crystalline.model.kernels.clip import grad_norm, scale_
-from crystalline.model.layout import ALIGN, DECAYED
+from crystalline.model.kernels.attention import tiled
+from crystalline.model.layout import ALIGN
 
 MICRO = ModelConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
+# Whole-model finite differences on each attention path: (config, batch, takes the register tiles).
+FD_PATHS = {
+    "blas-hs4": (MICRO, 2, False),
+    "blas-hs16-T8": (ModelConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=32), 2, False),
+    "tile-hs16": (ModelConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=32), 2, True),
+    "tile-hs32": (ModelConfig(vocab_size=13, block_size=32, n_layer=1, n_head=1, n_embd=32), 1, True),
+}
+DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")     # the README's list
 TINY = ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)
 CORPUS = pathlib.Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt"
 
@@ -60,12 +69,15 @@ def test_layout_and_init():
         assert np.all(arr == (1.0 if name in DECAYED else 0.0)), name
 
 
-def test_loss_matches_reference_and_grad_matches_finite_differences():
-    model = jiggled(MICRO)
-    idx, targets = batch(MICRO, 2, 6)
+@pytest.mark.parametrize("path", FD_PATHS)
+def test_loss_matches_reference_and_grad_matches_finite_differences(path):
+    cfg, B, is_tiled = FD_PATHS[path]
+    assert tiled(cfg.block_size, cfg.n_embd // cfg.n_head) == is_tiled
+    model = jiggled(cfg)
+    idx, targets = batch(cfg, B, cfg.block_size)
     loss = model.forward(idx, targets)
     p64 = {k: v.astype(np.float64) for k, v in model.param_views().items()}
-    ref_loss, ref_logits = ref.gpt_loss(p64, MICRO, idx, targets)
+    ref_loss, ref_logits = ref.gpt_loss(p64, cfg, idx, targets)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     np.testing.assert_allclose(model.logits, ref_logits, rtol=1e-4, atol=1e-4)
     grads = model.param_views(model.backward())
@@ -75,12 +87,12 @@ def test_loss_matches_reference_and_grad_matches_finite_differences():
         scale = np.abs(g).max()
         assert scale > 0, name
         flat_p, flat_g = p64[name].reshape(-1), g.reshape(-1)
-        for i in rng.choice(flat_g.size, size=min(6, flat_g.size), replace=False):
+        for i in rng.choice(flat_g.size, size=min(16, flat_g.size), replace=False):
             old = flat_p[i]
             flat_p[i] = old + h
-            lp = ref.gpt_loss(p64, MICRO, idx, targets)[0]
+            lp = ref.gpt_loss(p64, cfg, idx, targets)[0]
             flat_p[i] = old - h
-            lm = ref.gpt_loss(p64, MICRO, idx, targets)[0]
+            lm = ref.gpt_loss(p64, cfg, idx, targets)[0]
             flat_p[i] = old
             fd = (lp - lm) / (2 * h)
             assert abs(flat_g[i] - fd) <= 1e-3 * scale + 1e-3 * abs(fd), (name, i, flat_g[i], fd)
@@ -239,3 +251,21 @@ def test_workspace_views_share_memory_for_partial_batches():
         for name, arr in s.items():
             for part in (arr if isinstance(arr, list) else [arr]):
                 assert np.shares_memory(part, ws.buffer), (B, T, name)
+
+
+def test_buffers_hold_exactly_what_the_model_needs():
+    """No tensor larger than its shape needs and no gap beyond 64-byte alignment: the first
+    tensor starts at 0, each next one at the first aligned offset after the last, and the MLP's
+    and attention's activations have the sizes the model reads (4C per token, 4 C T scratch)."""
+    model = GPT(TINY, seed=0)
+    ws = model.workspace(3)
+    C, T, L, N = TINY.n_embd, TINY.block_size, TINY.n_layer, 3 * TINY.block_size
+    for layout, total in ((model.layout, model.params.size), (ws.layout, ws.buffer.size)):
+        end = 0
+        for name, shape, offset in layout:
+            assert offset == -(-end // ALIGN) * ALIGN, name
+            end = offset + int(np.prod(shape))
+        assert total == -(-end // ALIGN) * ALIGN
+    assert ws.a["fch"].shape == ws.a["fch_gelu"].shape == (L, N, 4 * C)
+    assert ws.a["dfch"].shape == ws.a["dfch_gelu"].shape == (N, 4 * C)
+    assert ws.a["att_scratch"].shape == (4 * C * T,)

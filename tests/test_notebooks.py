@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -112,6 +113,26 @@ def test_dashboard_notebook_shows_the_dashboard_and_stops(python3_kernel):
     assert any("application/vnd.jupyter.widget-view+json" in v for v in views), "no dashboard"
     text = stream_text(nb)
     assert "monitor running: False" in text, text
+
+
+def test_scaling_notebook_checks_its_measurements(python3_kernel):
+    """04 raises when its runs are not the configurations it plots or a time split is implausible;
+    it ran its checks and printed the lock-free ratio."""
+    nb, _ = execute(ROOT / "notebooks" / "04_scaling.ipynb")
+    text = stream_text(nb)
+    assert re.search(r"\d+ workers: lock-free \d+\.\d\dx model_lock", text), text
+    assert "checked: 13 spheres' time split, 8 steps of 12 groups" in text, text
+    assert len([o for o in outputs(nb) if "image/png" in o.get("data", {})]) == 4
+
+
+def test_distributed_notebook_trained_on_two_mpi_engines_with_identical_parameters(python3_kernel):
+    """05 raises when MPI is missing, the engines do not start, mpiexec fails or the ranks'
+    checksums differ; so it ran on real engines and the ranks agreed."""
+    nb, _ = execute(ROOT / "notebooks" / "05_distributed.ipynb")
+    text = stream_text(nb)
+    assert "FALLBACK" not in text and "DIFFER" not in text
+    assert "2 MPI engines up: ranks [0, 1]" in text, text
+    assert re.search(r"parameter CRC-32 per rank: \{0: '([0-9a-f]{8})', 1: '\1'\} \(identical\)", text), text
 
 
 def test_stragglers_notebook_draws_the_experiment_and_explains_a_step(python3_kernel):

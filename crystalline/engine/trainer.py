@@ -131,6 +131,11 @@ class Trainer:
         if model_cfg.vocab_size != self.corpus.tokenizer.vocab_size:
             model_cfg = model_cfg.replace(vocab_size=self.corpus.tokenizer.vocab_size)
         self.model_cfg, self.train_cfg, self.sync = model_cfg, train_cfg, sync
+        # batches first: a corpus too short for a block is refused before anything is allocated
+        train_tokens, val_tokens = self.corpus.split(VAL_FRACTION)
+        T, B = model_cfg.block_size, train_cfg.batch_size
+        self.batches = Batches(train_tokens, T, B, train_cfg.seed)
+        self.val_batches = Batches(val_tokens, T, B, train_cfg.seed + 1) if len(val_tokens) > T + 1 else None
         self.hierarchy = self._make_hierarchy(workers, hierarchy)
         check_fits(model_cfg, train_cfg.batch_size, self.hierarchy, self._sequences()[1])   # before allocating
         self.model = GPT(model_cfg, seed=train_cfg.seed)
@@ -144,10 +149,6 @@ class Trainer:
         self.stall: dict | None = None
         self.on_stall = None            # optional callable(stall dict), e.g. a progress bar's
         self._recent_seconds: deque[float] = deque(maxlen=20)
-        train_tokens, val_tokens = self.corpus.split(VAL_FRACTION)
-        T, B = model_cfg.block_size, train_cfg.batch_size
-        self.batches = Batches(train_tokens, T, B, train_cfg.seed)
-        self.val_batches = Batches(val_tokens, T, B, train_cfg.seed + 1) if len(val_tokens) > T + 1 else None
         self.history = History()
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.stragglers = check_stragglers(stragglers, len(self.hierarchy.workers))
