@@ -8,7 +8,7 @@ from numba import njit
 from crystalline.config import FASTMATH
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
 def _scalars(lr, beta1, beta2, eps, weight_decay, t):
     """The float32 constants of step t: formed in float64 once, so the loop runs in float32."""
     return (np.float32(beta1), np.float32(beta2), np.float32(1.0 - beta1), np.float32(1.0 - beta2),
