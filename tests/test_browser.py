@@ -133,7 +133,11 @@ def open_and_run(page, url: str, lab: SimpleLab):
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
     notebook = page.locator(".jp-NotebookPanel:visible")
     prompt = notebook.locator(".jp-Cell .jp-InputPrompt").first
-    for _ in range(5):              # a click that lands while the page still settles is lost
+    for attempt in range(5):        # a click that lands while the page still settles is lost
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():          # e.g. a slow kernel start's kernel dialog on a loaded machine
+            page.screenshot(path=lab.folder / f"dialog-{attempt}.png")
+            dialog.locator(".jp-mod-accept").first.click()
         notebook.locator(".jp-Cell .jp-InputArea-editor").first.click()
         page.keyboard.press("Shift+Enter")
         try:
