@@ -35,16 +35,22 @@ def signal_after(cmd, seconds, signum=signal.SIGINT, group=False, metrics=None):
     to it (or its process group if `group`), and wait for it to end."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             start_new_session=group)
-    if metrics is not None:
-        wait_for_steps(proc, metrics, 1)
-    elif not group:
-        wait_for_handlers(proc)
+    kill = os.killpg if group else os.kill
     try:
-        proc.wait(seconds)         # the random moment at which the signal lands
-    except subprocess.TimeoutExpired:
-        pass
-    (os.killpg if group else os.kill)(proc.pid, signum)
-    out, err = proc.communicate(timeout=120)
+        if metrics is not None:
+            wait_for_steps(proc, metrics, 1)
+        elif not group:
+            wait_for_handlers(proc)
+        try:
+            proc.wait(seconds)         # the random moment at which the signal lands
+        except subprocess.TimeoutExpired:
+            pass
+        kill(proc.pid, signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:        # a failed trial leaves no process (or MPI rank) behind
+            kill(proc.pid, signal.SIGKILL)
+            proc.communicate()
     return proc.returncode, out, err
 
 
