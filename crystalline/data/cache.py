@@ -32,7 +32,7 @@ CACHE_FORMAT = b"crystalline-tokens-v2\0"
 VOCAB_FORMAT = b"crystalline-word-vocab-v1\0"
 HEADER_BYTES = 256
 ENTRY_FORMAT = "crystalline-tokens-v2"
-BPE_FORMAT = b"crystalline-bpe-v1\0"
+BPE_FORMAT = b"crystalline-bpe-v2\0"
 
 
 def default_cache_dir() -> Path:
@@ -119,13 +119,30 @@ def cached_encode(data: bytes, tokenizer, cache_dir: str | Path | None = None) -
 def cached_word_tokenizer(data: bytes, cache_dir: str | Path | None = None,
                           max_vocab: int | None = None, min_count: int = 1):
     """`WordTokenizer.train` on `data` (decoded with errors="replace"), cached on disk."""
-    from crystalline.data.tokenizers import DEFAULT_MAX_VOCAB, WordTokenizer, load_tokenizer
+    from crystalline.data.tokenizers import DEFAULT_MAX_VOCAB, WordTokenizer
+    max_vocab = DEFAULT_MAX_VOCAB if max_vocab is None else max_vocab
+    return _cached_tokenizer(VOCAB_FORMAT, data, f"max_vocab={max_vocab},min_count={min_count}",
+                             lambda text: WordTokenizer.train(text, max_vocab, min_count), cache_dir)
+
+
+def cached_bpe_tokenizer(data: bytes, cache_dir: str | Path | None = None,
+                         vocab_size: int | None = None):
+    """`BPETokenizer.train` on `data` (decoded with errors="replace"), cached on disk."""
+    from crystalline.data.tokenizers import DEFAULT_BPE_VOCAB, BPETokenizer
+    vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
+    return _cached_tokenizer(BPE_FORMAT, data, f"vocab_size={vocab_size}",
+                             lambda text: BPETokenizer.train(text, vocab_size), cache_dir)
+
+
+def _cached_tokenizer(tag: bytes, data: bytes, settings: str, train, cache_dir):
+    """`train(text)` on `data`, stored as `<key>.tokenizer.json` with a checksum of its JSON; a
+    damaged entry is rebuilt with a warning."""
+    from crystalline.data.tokenizers import load_tokenizer
     from crystalline.errors import DataError
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    max_vocab = DEFAULT_MAX_VOCAB if max_vocab is None else max_vocab
-    h = hashlib.sha256(VOCAB_FORMAT)
+    h = hashlib.sha256(tag)
     h.update(hashlib.sha256(data).digest())
-    h.update(f"max_vocab={max_vocab},min_count={min_count}".encode())
+    h.update(settings.encode())
     path = cache_dir / f"{h.hexdigest()}.tokenizer.json"
     if path.is_file():
         try:
@@ -136,36 +153,11 @@ def cached_word_tokenizer(data: bytes, cache_dir: str | Path | None = None,
             return tokenizer
         except (OSError, ValueError, KeyError, TypeError, DataError) as e:
             _damaged(path, str(e) if isinstance(e, (ValueError, DataError)) else "unreadable")
-    tokenizer = WordTokenizer.train(data.decode("utf-8", errors="replace"), max_vocab, min_count)
+    tokenizer = train(data.decode("utf-8", errors="replace"))
     try:
         atomic_write_json(path, {"sha256": hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest(),
                                  "tokenizer": tokenizer.to_dict()}, ensure_ascii=False)
     except OSError as e:
-        warnings.warn(f"could not write the vocabulary cache {path} ({e}); continuing without it",
-                      stacklevel=2)
-    return tokenizer
-
-
-def cached_bpe_tokenizer(data: bytes, cache_dir: str | Path | None = None,
-                         vocab_size: int | None = None):
-    """`BPETokenizer.train` on `data` (decoded with errors="replace"), cached on disk."""
-    from crystalline.data.tokenizers import DEFAULT_BPE_VOCAB, BPETokenizer, load_tokenizer
-    from crystalline.errors import DataError
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    vocab_size = DEFAULT_BPE_VOCAB if vocab_size is None else vocab_size
-    h = hashlib.sha256(BPE_FORMAT)
-    h.update(hashlib.sha256(data).digest())
-    h.update(f"vocab_size={vocab_size}".encode())
-    path = cache_dir / f"{h.hexdigest()}.tokenizer.json"
-    if path.is_file():
-        try:
-            return load_tokenizer(path)
-        except DataError:
-            pass   # a damaged entry: train again and replace it
-    tokenizer = BPETokenizer.train(data.decode("utf-8", errors="replace"), vocab_size)
-    try:
-        tokenizer.save(path)
-    except OSError as e:
-        warnings.warn(f"could not write the BPE cache {path} ({e}); continuing without it",
-                      stacklevel=2)
+        warnings.warn(f"could not write the tokenizer cache {path} ({e}); continuing without it",
+                      stacklevel=3)
     return tokenizer
