@@ -44,7 +44,6 @@ from crystalline.engine.hierarchy import Hierarchy
 from crystalline.engine.reduce import split_batch, split_by_group
 from crystalline.engine.trainer import Trainer, TrainingStopped
 from crystalline.errors import ConfigError, CrystallineError, TrainingError
-from crystalline.viz.style import role_of
 
 DEFAULT_TIMEOUT_S = 300.0   # longest wait for the other ranks at any collective (a slow step included)
 DEFAULT_CHECK_EVERY = 50    # steps between parameter checksum comparisons; 0 disables
@@ -345,7 +344,7 @@ def distributed_graph(ranks, batch_size: int | None = None, node_data: list | No
         local = h.to_networkx(node_data[k] if node_data else None)
         for sid, a in local.nodes(data=True):
             a = dict(a, rank=k, depth=a["level"] + 2, label=f"r{k}:{a['label']}",
-                     role=role_of(h.spheres[sid]),
+                     role=h.spheres[sid].role_name,
                      global_worker=first_worker + a["worker_index"] if a["worker_index"] >= 0 else -1)
             if slices is not None and a["worker_index"] >= 0:
                 a["sequences"] = (int(starts[a["worker_index"]]), int(counts[a["worker_index"]]))

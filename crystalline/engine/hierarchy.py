@@ -43,6 +43,11 @@ class Sphere:
     def is_worker(self) -> bool:
         return self.role == "worker"
 
+    @property
+    def role_name(self) -> str:
+        """"node_zero", "control" or "worker": the name stats, telemetry and views use."""
+        return "node_zero" if self.is_node_zero else self.role
+
     def __repr__(self):
         extra = f", worker_index={self.worker_index}" if self.is_worker else ""
         name = "node zero" if self.is_node_zero else self.role

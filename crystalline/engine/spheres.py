@@ -139,7 +139,7 @@ class SphereTree:
         for s in self.hierarchy.spheres:
             phase = PHASES[int(values[s.id, FIELD["phase"]])]
             if phase in ("compute", "reduce", "update"):
-                report.append({"sphere": s.id, "role": "node_zero" if s.is_node_zero else s.role,
+                report.append({"sphere": s.id, "role": s.role_name,
                                "worker": s.worker_index, "group": s.group, "phase": phase,
                                "not_arrived_at": "B" if phase == "compute" else "the reduction's end",
                                "seconds": now - values[s.id, FIELD["phase_since"]]})

@@ -86,7 +86,7 @@ def sphere_table(hierarchy, rank: int = 0) -> dict[str, list]:
     """The static columns of every sphere, by id: what a reader needs to rebuild the tree."""
     spheres = hierarchy.spheres
     return {"id": [s.id for s in spheres],
-            "role": ["node_zero" if s.is_node_zero else s.role for s in spheres],
+            "role": [s.role_name for s in spheres],
             "group": [s.group for s in spheres], "level": [s.level for s in spheres],
             "parent": [-1 if s.parent is None else s.parent.id for s in spheres],
             "position": [s.position for s in spheres],

@@ -53,7 +53,7 @@ THROUGHPUT_STOPS = ((0.5, "#c62828"), (0.75, "#ef6c00"), (1.0, "#43a047"), (1.5,
 
 def role_of(sphere) -> str:
     """The role name of a Sphere: "node_zero", "control" or "worker"."""
-    return "node_zero" if sphere.is_node_zero else sphere.role
+    return sphere.role_name
 
 
 def sphere_label(role: str, sphere_id: int, worker_index: int) -> str:
