@@ -182,6 +182,7 @@ def load_trainer(cls, path, corpus=None, workers=None, sync="lock_free", cache_d
                   cache_dir=cache_dir, tokenizer=tokenizer, run_dir=run_dir)
     _check_size(path, tensors, trainer.model.num_parameters)
     trainer.model.params[:] = tensors["params"]
+    trainer.model.weights_changed()
     trainer.optimizer.m[:] = tensors["adam_m"]
     trainer.optimizer.v[:] = tensors["adam_v"]
     trainer.optimizer.t = int(meta["adam_t"])

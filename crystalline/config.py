@@ -57,6 +57,10 @@ class _Config:
     def _checked(self, f):
         """The field's value as its declared type, or a ConfigError naming the field."""
         value, where = getattr(self, f.name), f"{type(self).__name__}.{f.name}"
+        if f.type == "str":
+            if not isinstance(value, str):
+                raise ConfigError(f"{where} must be a string, got {value!r}")
+            return value
         kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}[f.type]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
@@ -136,6 +140,7 @@ class TrainConfig(_Config):
     eval_interval: int = 100      # steps between validation losses; 0 disables
     eval_batches: int = 8         # batches of batch_size sequences per validation
     seed: int = 0                 # seeds parameters and batch sampling
+    precision: str = "fp32"       # "bf16": matmuls on bf16 copies, fp32 accumulation and master weights
 
     def _validate(self):
         self._require(self.batch_size > 0, "batch_size", "use a positive number of sequences")
@@ -154,6 +159,7 @@ class TrainConfig(_Config):
         self._require(self.eval_interval >= 0, "eval_interval", "use 0 (off) or a positive interval")
         self._require(self.eval_batches > 0, "eval_batches", "use a positive number of batches")
         self._require(0 <= self.seed < 2**63, "seed", "use a non-negative integer below 2**63")
+        self._require(self.precision in ("fp32", "bf16"), "precision", 'use "fp32" or "bf16"')
 
 
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {

@@ -310,4 +310,5 @@ def trainer_from_hf(trainer_cls, model_dir, train_cfg, data, tokenizer=None, voc
                           "tokenizer the model was trained with (its tokenizer.json)")
     trainer = trainer_cls(model.config, train_cfg, corpus, workers=workers, sync=sync, run_dir=run_dir)
     trainer.model.params[:] = model.params
+    trainer.model.weights_changed()
     return trainer

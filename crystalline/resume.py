@@ -12,7 +12,8 @@ the schedule). So, per flag:
 - refused when it differs from the checkpoint (exit 2, naming the flag): --preset and --config
   (the model's shape and every hyperparameter are the checkpoint's), --tokenizer (the token
   ids the model learnt), --batch-size and --seed (which sequences each step draws), --lr and
-  --max-steps (the learning-rate schedule). A new run (without --resume) changes them.
+  --max-steps (the learning-rate schedule), --precision (the arithmetic of every step; the
+  checkpoint's precision carries over). A new run (without --resume) changes them.
 
 The checkpoint records the SHA-256 of the corpus bytes it trained on; a corpus whose bytes
 differ is refused unless --data-changed-ok says it is meant. A checkpoint written before the
@@ -31,6 +32,7 @@ FIXED_TRAIN_FLAGS = {
     "--seed": ("seed", "seed", "which sequences each step draws"),
     "--lr": ("lr", "learning_rate", "the learning-rate schedule"),
     "--max-steps": ("max_steps", "max_steps", "the learning-rate schedule"),
+    "--precision": ("precision", "precision", "the arithmetic of every step"),
 }
 
 
@@ -45,7 +47,8 @@ def check_flags(args, meta: dict, ckpt) -> None:
         raise ConfigError(f"--tokenizer {args.tokenizer} cannot change a resumed run: the model in "
                           f"{ckpt} learnt {kind} token ids; drop --tokenizer, or start a new run")
     for flag, (attr, field, breaks) in FIXED_TRAIN_FLAGS.items():
-        given, saved = getattr(args, attr), meta["train_config"][field]
+        # a checkpoint written before the precision field trained in fp32
+        given, saved = getattr(args, attr), meta["train_config"].get(field, "fp32")
         if given is not None and given != saved:
             raise ConfigError(f"{flag} {given} cannot change a resumed run ({field} = {saved} in "
                               f"{ckpt}): it would change {breaks}; drop {flag}, or start a new run")

@@ -58,6 +58,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--straggler-mode", choices=["sleep", "busy"],
                    help="a straggler sleeps (frees its core) or spins (default: sleep)")
     p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="bf16: matmuls on bf16 copies, fp32 accumulation (needs avx512_bf16)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-interval", type=int, help="steps between validation losses (0: off)")
     p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<preset>-<time>)")
@@ -79,7 +81,7 @@ def _configs(args):
     from crystalline.config import load_toml, preset, schedule_for_run
     model_cfg, train_cfg = load_toml(args.config) if args.config else preset(args.preset or "tiny")
     overrides = {"batch_size": args.batch_size, "learning_rate": args.lr, "seed": args.seed,
-                 "eval_interval": args.eval_interval}
+                 "eval_interval": args.eval_interval, "precision": args.precision}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "learning_rate" in overrides:
         overrides["min_lr"] = min(train_cfg.min_lr, overrides["learning_rate"])

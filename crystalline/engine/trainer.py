@@ -138,7 +138,7 @@ class Trainer:
         self.val_batches = Batches(val_tokens, T, B, train_cfg.seed + 1) if len(val_tokens) > T + 1 else None
         self.hierarchy = self._make_hierarchy(workers, hierarchy)
         check_fits(model_cfg, train_cfg.batch_size, self.hierarchy, self._sequences()[1])   # before allocating
-        self.model = GPT(model_cfg, seed=train_cfg.seed)
+        self.model = GPT(model_cfg, seed=train_cfg.seed, precision=train_cfg.precision)
         self.optimizer = AdamW(self.model, train_cfg)
         self.steps_done = 0
         self.skipped_steps = 0
@@ -281,6 +281,8 @@ class Trainer:
         """Node Zero, after the reduction: mean-loss gradient, clip, AdamW, count the step."""
         loss_sum = self._combine(grad, loss_sum)
         norm, applied = self.optimizer.update(grad, self.steps_done, 1.0 / self.tokens_per_step)
+        if applied:
+            self.model.weights_changed()         # the bf16 weight copy, once per step (bf16 only)
         self.steps_done += 1
         self.skipped_steps += not applied
         self._skipped_in_a_row = 0 if applied else self._skipped_in_a_row + 1

@@ -34,6 +34,7 @@ from crystalline.model.kernels.matmul import matmul_backward, matmul_forward
 from crystalline.model.kernels.residual import residual_forward
 from crystalline.model.layout import (DECAYED, activation_shapes, make_layout, parameter_shapes,
                                       views)
+from crystalline.model.precision import Bf16Matmuls, Bf16Scratch, Bf16Weights, check_precision
 
 _NO_BIAS = np.zeros(0, np.float32)
 # Gradients the backward writes whole with one BLAS product (beta = 0 when not accumulating);
@@ -74,8 +75,9 @@ class GPT:
     """GPT-2: token + position embeddings, L pre-LN blocks (causal attention, 4x GELU MLP), final
     LayerNorm, LM head tied to wte, next-token cross-entropy. Parameters: one flat float32 array."""
 
-    def __init__(self, cfg, seed: int = 0):
+    def __init__(self, cfg, seed: int = 0, precision: str = "fp32"):
         self.config = cfg
+        self.precision = check_precision(precision)   # "bf16": see crystalline.model.precision
         self.layout, size = make_layout(parameter_shapes(cfg))
         self.num_parameters = sum(int(np.prod(shape)) for _, shape, _ in self.layout)
         self.params = np.zeros(size, np.float32)
@@ -87,6 +89,7 @@ class GPT:
         self._ws = None
         self._added_into = [(off, int(np.prod(shape))) for name, shape, off in self.layout
                             if name not in _GEMM_WRITTEN]
+        self.bf16_weights = Bf16Weights(self) if precision == "bf16" else None
 
     def _init_weights(self, seed):
         rng = np.random.default_rng(seed)
@@ -113,7 +116,28 @@ class GPT:
                               f"{self.config.block_size}")
         if int(max_batch) <= 0:
             raise ConfigError(f"workspace max_batch = {max_batch} must be a positive integer")
-        return Workspace(self.config, int(max_batch), T)
+        ws = Workspace(self.config, int(max_batch), T)
+        if self.precision == "bf16":
+            ws.bf16 = Bf16Scratch(self.config, int(max_batch), T)
+            ws.nbytes += ws.bf16.nbytes
+        return ws
+
+    def weights_changed(self) -> None:
+        """Refresh the bf16 weight copy from params (precision="bf16"; Node Zero calls it once per
+        step after AdamW, and whoever else writes model.params must too)."""
+        if self.bf16_weights is not None:
+            self.bf16_weights.refresh(self.params)
+
+    def _matmuls(self, ws, params):
+        """(forward, backward) linear-layer kernels of this precision, one signature for both."""
+        if self.precision == "fp32":
+            return matmul_forward, matmul_backward
+        if params is not self.params:
+            raise ConfigError("precision='bf16' reads the bf16 copy of model.params; pass "
+                              "params=None, or copy the values into model.params and call "
+                              "model.weights_changed()")
+        mm = Bf16Matmuls(self.bf16_weights, ws.bf16)
+        return mm.forward, mm.backward
 
     def _check_tokens(self, what, x, ws):
         if not isinstance(x, np.ndarray) or x.ndim != 2:
@@ -152,6 +176,7 @@ class GPT:
         B, T = idx.shape
         C, L, NH, V, N = cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.vocab_size, B * T
         p, a = self.param_views(params), ws.shaped(cfg, B, T)
+        matmul_forward, _ = self._matmuls(ws, params)
         encoder_forward(a["encoded"], idx, p["wte"], p["wpe"], B, T, C)
         for l in range(L):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
@@ -198,6 +223,7 @@ class GPT:
         params, idx, targets, B, T = ws.state
         C, L, NH, V, N = cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.vocab_size, B * T
         p, g, a = self.param_views(params), self.param_views(grad_row), ws.shaped(cfg, B, T)
+        _, matmul_backward = self._matmuls(ws, params)
         dres, dln, datty, dqkv, dfch, dfg = (a["dresidual"], a["dln"], a["datty"], a["dqkv"],
                                              a["dfch"], a["dfch_gelu"])
         if not accumulate:
