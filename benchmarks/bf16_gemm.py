@@ -112,7 +112,7 @@ def layers(cfg):
 
 def runners(cfg, N, mkl):
     r = np.random.default_rng(0)
-    scratch = Bf16Scratch(cfg, N // cfg.block_size, cfg.block_size)
+    scratch = Bf16Scratch(cfg, N // cfg.block_size, cfg.block_size, "vdpbf16ps")
     out = {}
     for name, IC, OC, count in layers(cfg):
         x, dy = r.standard_normal((N, IC)).astype(np.float32), r.standard_normal((N, OC)).astype(np.float32)

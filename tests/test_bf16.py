@@ -12,10 +12,15 @@ from crystalline.config import ModelConfig, TrainConfig, load_toml, preset
 from crystalline.errors import ConfigError
 from crystalline.model.gpt import GPT
 from crystalline.model.kernels.bf16 import MR, NR, gemm_bf16, pack_panels, pack_rows, round_bf16
-from crystalline.model.precision import HIDE_ENV, cpu_has_bf16
+from crystalline.model.kernels import mkl_bf16
+from crystalline.model.kernels.blas import N_, T_
+from crystalline.model.precision import GEMM_ENV, HIDE_ENV, cpu_has_bf16
 
 needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU lacks avx512_bf16 (vdpbf16ps)")
 BF16_MAX = float.fromhex("0x1.fep127")          # largest finite bf16: 0x7f7f
+# The bf16 GEMMs here: ours always, MKL's where it is installed (an optional extra: where it is
+# not, its cases are not generated, rather than skipped, so CI without it still passes).
+PROVIDERS = ["vdpbf16ps"] + (["mkl"] if mkl_bf16.PATH else [])
 
 
 def bf16_round(x):
@@ -98,9 +103,37 @@ def test_gemm_matches_numpy_on_rounded_inputs(M, N, K, a_transposed, b_transpose
 
 
 @needs_bf16
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (13, 33, 7), (100, 96, 130)])
+@pytest.mark.parametrize("transa, transb", [(N_, T_), (N_, N_), (T_, N_)])
+def test_mkl_gemm_matches_numpy_on_rounded_inputs(M, N, K, transa, transb):
+    from crystalline.model.kernels.bf16 import round_bf16
+    rng = np.random.default_rng(M + N + K)
+    a = rng.standard_normal((K, M) if transa == T_ else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if transb == T_ else (K, N)).astype(np.float32)
+    a16, b16 = np.zeros(a.size + 3, np.uint16), np.zeros(b.size + 1, np.uint16)
+    round_bf16(a16[3:], a, a.size)
+    round_bf16(b16[1:], b, b.size)
+    c = rng.standard_normal((M, N)).astype(np.float32)
+    prior = c.astype(np.float64)
+    mkl_bf16.gemm16(transa, transb, M, N, K, a16, 3, a.shape[1], b16, 1, b.shape[1], 1.0, c, 0, N)
+    A64 = bf16_round(a.T if transa == T_ else a)
+    B64 = bf16_round(b.T if transb == T_ else b)
+    bound = (K + 2) * 2.0**-24 * (np.abs(A64) @ np.abs(B64) + np.abs(prior))
+    assert np.all(np.abs(c - (prior + A64 @ B64)) <= bound + 1e-30)
+
+
+if mkl_bf16.PATH is None:     # an optional extra: without it the test does not exist (see PROVIDERS)
+    del test_mkl_gemm_matches_numpy_on_rounded_inputs
+
+
+@needs_bf16
 def test_the_kernel_issues_vdpbf16ps():
-    asm = "".join(gemm_bf16.inspect_asm().values())
-    assert "vdpbf16ps" in asm
+    from numba import njit
+    fresh = njit(nogil=True)(gemm_bf16.py_func)      # cached code cannot be inspected
+    c, a, b = np.zeros(MR * NR, np.float32), np.zeros(MR, np.uint32), np.zeros(NR, np.uint32)
+    fresh(c, 0, NR, a, b, MR, NR, 2, False, c.copy())
+    asm = "".join(fresh.inspect_asm().values())
+    assert asm.count("vdpbf16ps") >= MR * NR // 16       # one per accumulator vector
 
 
 CFG = ModelConfig(vocab_size=67, block_size=13, n_layer=2, n_head=3, n_embd=48)   # tails everywhere
@@ -117,12 +150,15 @@ def torch_grads(model, idx, targets):
 
 
 @needs_bf16
-def test_model_forward_backward_against_the_float64_reference():
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_model_forward_backward_against_the_float64_reference(provider, monkeypatch):
+    monkeypatch.setenv(GEMM_ENV, provider)
     rng = np.random.default_rng(3)
     idx, targets = rng.integers(0, 67, (3, 13)), rng.integers(0, 67, (3, 13))
     errors = {}
     for precision in ("fp32", "bf16"):
         model = GPT(CFG, seed=0, precision=precision)
+        assert precision == "fp32" or model.bf16_weights.provider == provider
         p = model.param_views()
         for name in p:           # non-trivial LayerNorm gains and biases
             p[name][...] += rng.normal(0, 0.05, p[name].shape).astype(np.float32)
@@ -162,7 +198,9 @@ def test_training_loss_curve_follows_fp32():
 
 
 @needs_bf16
-def test_any_tree_equals_one_thread_and_repeats_bitwise():
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_any_tree_equals_one_thread_and_repeats_bitwise(provider, monkeypatch):
+    monkeypatch.setenv(GEMM_ENV, provider)
     runs = {}
     for key in ("1", "3", "13", "13 again"):
         tr, _ = trainer(int(key.split()[0]), "bf16", 3, batch_size=13)

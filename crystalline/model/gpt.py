@@ -34,7 +34,8 @@ from crystalline.model.kernels.matmul import matmul_backward, matmul_forward
 from crystalline.model.kernels.residual import residual_forward
 from crystalline.model.layout import (DECAYED, activation_shapes, make_layout, parameter_shapes,
                                       views)
-from crystalline.model.precision import Bf16Matmuls, Bf16Scratch, Bf16Weights, check_precision
+from crystalline.model.precision import (Bf16Matmuls, Bf16Scratch, Bf16Weights, check_precision,
+                                         gemm_provider)
 
 _NO_BIAS = np.zeros(0, np.float32)
 # Gradients the backward writes whole with one BLAS product (beta = 0 when not accumulating);
@@ -89,7 +90,7 @@ class GPT:
         self._ws = None
         self._added_into = [(off, int(np.prod(shape))) for name, shape, off in self.layout
                             if name not in _GEMM_WRITTEN]
-        self.bf16_weights = Bf16Weights(self) if precision == "bf16" else None
+        self.bf16_weights = Bf16Weights(self, gemm_provider()) if precision == "bf16" else None
 
     def _init_weights(self, seed):
         rng = np.random.default_rng(seed)
@@ -118,7 +119,7 @@ class GPT:
             raise ConfigError(f"workspace max_batch = {max_batch} must be a positive integer")
         ws = Workspace(self.config, int(max_batch), T)
         if self.precision == "bf16":
-            ws.bf16 = Bf16Scratch(self.config, int(max_batch), T)
+            ws.bf16 = Bf16Scratch(self.config, int(max_batch), T, self.bf16_weights.provider)
             ws.nbytes += ws.bf16.nbytes
         return ws
 

@@ -15,6 +15,12 @@ issue) and its products (head size 32 at cllm-4.5m) are a small share of the FLO
 
 The instruction (`vdpbf16ps`, AVX512-BF16) is detected from the CPU features Numba compiles for;
 CRYSTALLINE_HIDE_AVX512_BF16=1 in the environment makes it look absent (tests of the error path).
+
+Two GEMMs do the products (gemm_provider()): MKL's cblas_gemm_bf16bf16f32 where MKL is installed
+(`pip install "crystalline[bf16]"`; on CPUs with AMX it runs the tile unit, measured 1.9x our
+fp32 GEMM at cllm-4.5m's shapes), else our vdpbf16ps register tiles (kernels/bf16.py).
+CRYSTALLINE_BF16_GEMM=mkl | vdpbf16ps chooses one. With MKL the weight copy is the parameters in
+bf16 (same offsets); with ours, each matrix packed twice as the tiles read it.
 """
 
 from __future__ import annotations
@@ -24,13 +30,29 @@ import os
 import numpy as np
 
 from crystalline.errors import ConfigError
-from crystalline.model.kernels.bf16 import MR, NR, pack_panels
-from crystalline.model.kernels.matmul_bf16 import matmul_backward_bf16, matmul_forward_bf16
+from crystalline.model.kernels import mkl_bf16
+from crystalline.model.kernels.bf16 import MR, NR, pack_panels, round_bf16
+from crystalline.model.kernels.matmul_bf16 import (matmul_backward_bf16, matmul_backward_mkl,
+                                                   matmul_forward_bf16, matmul_forward_mkl)
 
 PRECISIONS = ("fp32", "bf16")
 FEATURE = "avx512_bf16"                 # /proc/cpuinfo's name; LLVM calls it avx512bf16
 HIDE_ENV = "CRYSTALLINE_HIDE_AVX512_BF16"
 MATRIX_WEIGHTS = ("wte", "qkvw", "attprojw", "fcw", "fcprojw")   # (OC, C) or (L, OC, C)
+GEMM_PROVIDERS = ("mkl", "vdpbf16ps")
+GEMM_ENV = "CRYSTALLINE_BF16_GEMM"
+
+
+def gemm_provider() -> str:
+    """"mkl" where MKL is installed, else "vdpbf16ps"; GEMM_ENV chooses (a ConfigError if MKL
+    is asked for but not installed)."""
+    chosen = os.environ.get(GEMM_ENV, "")
+    if chosen not in ("",) + GEMM_PROVIDERS:
+        raise ConfigError(f"{GEMM_ENV}={chosen!r} is not a bf16 GEMM; use one of {list(GEMM_PROVIDERS)}")
+    if chosen == "mkl" and mkl_bf16.PATH is None:
+        raise ConfigError(f"{GEMM_ENV}=mkl but MKL is not installed; pip install \"crystalline[bf16]\" "
+                          "or set CRYSTALLINE_MKL_RT to libmkl_rt.so.2")
+    return chosen or ("mkl" if mkl_bf16.PATH is not None else "vdpbf16ps")
 
 
 def cpu_has_bf16() -> bool:
@@ -71,12 +93,18 @@ def _address(a: np.ndarray) -> int:
 
 
 class Bf16Weights:
-    """For every matrix weight W (OC, C) of the model (per layer, and wte for the LM head), two
-    bf16 copies packed as the kernels read them: W.T (C, OC) for the forward and W (OC, C) for
-    the input gradient. One uint32 array holds them all (2 bytes per weight per copy)."""
+    """The bf16 weight copy. With MKL: the parameters in bf16 (uint16, same offsets). With our
+    tiles: for every matrix weight W (OC, C) of the model (per layer, and wte for the LM head),
+    two copies packed as the tiles read them: W.T (C, OC) for the forward and W (OC, C) for the
+    input gradient, in one uint32 array (2 bytes per weight per copy)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, provider: str):
+        self.model, self.provider = model, provider
+        if provider == "mkl":
+            self.buffer = np.zeros(model.params.size, np.uint16)
+            self.nbytes = self.buffer.nbytes
+            self.refresh(model.params)
+            return
         p = model.param_views()
         self._slots = {}        # element offset of W in params -> (forward slice, backward slice)
         self._matrices = []     # (offset, OC, C)
@@ -96,15 +124,21 @@ class Bf16Weights:
 
     def refresh(self, params: np.ndarray) -> None:
         """Round and pack every matrix weight of `params` (the model's flat float32 parameters)."""
+        if self.provider == "mkl":
+            round_bf16(self.buffer, params, params.size)
+            return
         for offset, OC, C in self._matrices:
             fwd, bwd = self._slots[offset]
             pack_panels(self.buffer[fwd], params, offset, C, C, OC, True)    # B = W.T (C, OC)
             pack_panels(self.buffer[bwd], params, offset, C, OC, C, False)   # B = W   (OC, C)
 
+    def offset(self, weight: np.ndarray) -> int:
+        """Element offset of `weight`, a view of model.params, in the parameters."""
+        return (_address(weight) - _address(self.model.params)) // 4
+
     def panels(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(forward, backward) packed copies of `weight`, a view of model.params."""
-        offset = (_address(weight) - _address(self.model.params)) // 4
-        fwd, bwd = self._slots[offset]
+        """(forward, backward) packed copies of `weight` (our tiles)."""
+        fwd, bwd = self._slots[self.offset(weight)]
         return self.buffer[fwd], self.buffer[bwd]
 
 
@@ -113,9 +147,14 @@ class Bf16Scratch:
     operand of any product (activations, gradients, their transposes) and the B operand of the
     weight gradients (the layer inputs), plus the edge tile."""
 
-    def __init__(self, cfg, max_batch: int, seq_len: int):
+    def __init__(self, cfg, max_batch: int, seq_len: int, provider: str):
         N, C, V = max_batch * seq_len, cfg.n_embd, cfg.vocab_size
         outs = (3 * C, C, 4 * C, V)
+        if provider == "mkl":             # the layer input and the output gradient in bf16
+            self.x16 = np.zeros(N * 4 * C, np.uint16)
+            self.dy16 = np.zeros(N * max(outs), np.uint16)
+            self.nbytes = self.x16.nbytes + self.dy16.nbytes
+            return
         a = max([_rows_words(N, K) for K in (C, 4 * C) + outs] + [_rows_words(OC, N) for OC in outs])
         self.a = np.zeros(a, np.uint32)
         self.b = np.zeros(max(_packed_words(N, IC) for IC in (C, 4 * C)), np.uint32)
@@ -130,11 +169,18 @@ class Bf16Matmuls:
         self.weights, self.scratch = weights, scratch
 
     def forward(self, out, inp, weight, bias, N, C, OC):
-        s = self.scratch
+        s, w = self.scratch, self.weights
+        if w.provider == "mkl":
+            matmul_forward_mkl(out, inp, w.buffer, w.offset(weight), bias, N, C, OC, s.x16)
+            return
         matmul_forward_bf16(out, inp, self.weights.panels(weight)[0], bias, N, C, OC, s.a, s.tile)
 
     def backward(self, dinp, dweight, dbias, dout, inp, weight, N, C, OC, dinp_beta=1.0,
                  dweight_beta=1.0):
-        s = self.scratch
+        s, w = self.scratch, self.weights
+        if w.provider == "mkl":
+            matmul_backward_mkl(dinp, dweight, dbias, dout, inp, w.buffer, w.offset(weight), N, C,
+                                OC, dinp_beta, dweight_beta, s.x16, s.dy16)
+            return
         matmul_backward_bf16(dinp, dweight, dbias, dout, inp, self.weights.panels(weight)[1], N, C,
                              OC, dinp_beta, dweight_beta, s.a, s.b, s.tile)
