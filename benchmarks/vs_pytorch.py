@@ -1,6 +1,7 @@
 """crystalline against PyTorch on cllm-4.5m, and both against this machine's GEMM rate.
 
     timeout 900 python benchmarks/vs_pytorch.py [--rounds 5] [--steps 2] [--skip compile,scale]
+    timeout 1800 python benchmarks/vs_pytorch.py --precision bf16 --skip compile,scale
 
 Prints, all measured in this one run:
   * sgemm GFLOP/s at the model's shapes (every product of one layer's forward and backward plus
@@ -17,6 +18,11 @@ Prints, all measured in this one run:
   * compile: a subprocess with an empty NUMBA_CACHE_DIR (a fresh install) and one with the
     cache just written (every later process): seconds to import, to build the trainer, of the
     first step, and of the second step (the step time, apart).
+  * --precision bf16: the compare part in bf16 at 2 threads: ours (Trainer(precision="bf16"),
+    MKL's or our vdpbf16ps GEMM as precision.gemm_provider() picks) against PyTorch's bf16
+    autocast and torch.compile + bf16 autocast (the same step under torch.autocast("cpu",
+    torch.bfloat16)), with ours and PyTorch's fp32 beside them; alternated, medians. Target:
+    ours bf16 >= 1.5x PyTorch's fastest mode.
   * scale: Trainer(workers=63) against Trainer(workers=2), alternated, at global batch 64 (one
     sequence per worker) and 252 (four); the top-level groups' tokens/s
     (stats.group_tokens_per_s) slowest / fastest.
@@ -117,9 +123,9 @@ def torch_runner(cfg, threads):
     return step
 
 
-def our_trainer(cfg, workers, batch):
+def our_trainer(cfg, workers, batch, precision="fp32"):
     from crystalline.engine.trainer import Trainer
-    tcfg = TrainConfig(batch_size=batch, eval_interval=0, warmup_steps=10)
+    tcfg = TrainConfig(batch_size=batch, eval_interval=0, warmup_steps=10, precision=precision)
     return Trainer(cfg, tcfg, str(CORPUS), workers=workers)
 
 
@@ -173,6 +179,68 @@ def compare(cfg, args):
         print(f"crystalline / pytorch, {n} thread{'s' if n > 1 else ''}: "
               f"{statistics.median(theirs) / statistics.median(ours):.2f}x of medians, "
               f"{paired:.2f}x median of per-round ratios")
+
+
+# ---------------------------------------------------------------- bf16
+def torch_bf16_runner(cfg, threads, compiled):
+    """PyTorch's step with the model under bf16 autocast (torch.compile'd when `compiled`)."""
+    import torch
+    from test_torch_parity import torch_adamw, torch_loss
+    tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in GPT(cfg, seed=0).param_views().items()}
+    opt = torch_adamw(tp)
+    loss_fn = torch.compile(torch_loss) if compiled else torch_loss
+    rng = np.random.default_rng(0)
+
+    def step(B):
+        torch.set_num_threads(threads)
+        data = torch.from_numpy(rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1)))
+        x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = loss_fn(tp, cfg, x, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(tp.values()), 1.0)
+        opt.step()
+        return loss.item()
+    return step
+
+
+def compare_bf16(cfg, args):
+    from crystalline.model.precision import gemm_provider
+    B, tokens = 16, 16 * cfg.block_size
+    trainers = {p: our_trainer(cfg, 2, B, p) for p in ("bf16", "fp32")}
+    runners = {
+        "crystalline bf16": lambda b: trainers["bf16"].step(),
+        "pytorch bf16": torch_bf16_runner(cfg, 2, False),
+        "pytorch compile+bf16": torch_bf16_runner(cfg, 2, True),
+        "crystalline fp32": lambda b: trainers["fp32"].step(),
+        "pytorch fp32": torch_runner(cfg, 2),
+    }
+    t = time.perf_counter()
+    for step in runners.values():          # warm: compile / first allocation
+        step(B)
+        step(B)
+    print(f"\nbf16, 2 threads, batch {B} x {cfg.block_size}; our bf16 GEMM: {gemm_provider()}; warm-up "
+          f"(compiles) {time.perf_counter() - t:.0f} s")
+    wall = {k: [] for k in runners}
+    for _ in range(args.rounds):
+        for name, step in runners.items():
+            wall[name].append(timed(step, B, args.steps)[0])
+    for tr in trainers.values():
+        tr.close()
+    print(f"{'runner':22s} {'tokens/s':>9s}  rounds (tokens/s)")
+    for name in runners:
+        print(f"{name:22s} {tokens / statistics.median(wall[name]):9.0f}  "
+              f"{', '.join(f'{tokens / w:.0f}' for w in wall[name])}")
+    ours = wall["crystalline bf16"]
+    fastest = min(("pytorch bf16", "pytorch compile+bf16", "pytorch fp32"),
+                  key=lambda n: statistics.median(wall[n]))
+    paired = statistics.median(t / o for o, t in zip(ours, wall[fastest]))
+    ratio = statistics.median(wall[fastest]) / statistics.median(ours)
+    print(f"crystalline bf16 / PyTorch's fastest mode ({fastest}): {ratio:.2f}x of medians, {paired:.2f}x "
+          f"median of per-round ratios (target 1.5x: {'met' if ratio >= 1.5 else 'NOT met'})")
+    print(f"crystalline bf16 / crystalline fp32: "
+          f"{statistics.median(wall['crystalline fp32']) / statistics.median(ours):.2f}x of medians")
 
 
 # ---------------------------------------------------------------- compile
@@ -243,6 +311,8 @@ def main():
     ap.add_argument("--scale-rounds", type=int, default=3)
     ap.add_argument("--scale-batches", default="64,252",
                     help="global batches of the 63- against 2-worker comparison")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: the compare part against PyTorch's bf16 modes instead")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: compare,compile,scale")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -253,7 +323,7 @@ def main():
     if "compile" not in skip:
         compile_times()
     if "compare" not in skip:
-        compare(cfg, args)
+        (compare_bf16 if args.precision == "bf16" else compare)(cfg, args)
     if "scale" not in skip:
         for batch in map(int, args.scale_batches.split(",")):
             scale(cfg, args, batch)
