@@ -257,3 +257,16 @@ def test_a_checkpoint_carries_its_precision_and_a_resume_cannot_change_it(tmp_pa
     assert "--precision fp32 cannot change a resumed run (precision = bf16" in capsys.readouterr().err
     assert main(["train", "--resume", str(ckpt), "--steps", "1", "--no-progress", "--sample", "0"]) == 0
     assert read_checkpoint(ckpt)[1]["train_config"]["precision"] == "bf16"
+
+
+@needs_bf16
+def test_the_gemm_choice_is_checked(monkeypatch):
+    monkeypatch.setenv(GEMM_ENV, "cublas")
+    with pytest.raises(ConfigError, match="CRYSTALLINE_BF16_GEMM='cublas' is not a bf16 GEMM"):
+        GPT(CFG, precision="bf16")
+    monkeypatch.setattr(mkl_bf16, "PATH", None)           # as on a machine without MKL
+    monkeypatch.setenv(GEMM_ENV, "mkl")
+    with pytest.raises(ConfigError, match="MKL is not installed"):
+        GPT(CFG, precision="bf16")
+    monkeypatch.delenv(GEMM_ENV)
+    assert GPT(CFG, precision="bf16").bf16_weights.provider == "vdpbf16ps"
