@@ -1,7 +1,6 @@
 """bfloat16 matrix products on AVX512-BF16 (`vdpbf16ps`), accumulating in float32.
 
-    bits = bf16_bits(x)                                  # float32 -> bf16 bits (uint16), RNE
-    round_bf16(dst, src, n)                              # dst (uint16) = bf16 of src[:n]
+    round_bf16(dst, src, n)                              # dst (uint16) = bf16 bits of src[:n]
     pack_rows(dst, src, s_off, lds, M, K, transposed)    # A operand: (M, Kp) bf16 pairs, rows
     pack_panels(dst, src, s_off, lds, K, N, transposed)  # B operand: NR-column panels of pairs
     gemm_bf16(c, c_off, ldc, a, b, M, N, K, accumulate, tile)
@@ -69,12 +68,6 @@ def _bits_of(u):
     if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
         return (u >> np.uint32(16)) | np.uint32(0x0040)
     return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def bf16_bits(x):
-    """The bf16 bits (uint16) of float32 x, rounded to nearest even."""
-    return np.uint16(_bits_of(np.array([np.float32(x)]).view(np.uint32)[0]))
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
