@@ -187,10 +187,15 @@ def trainer(workers, precision, steps=0, **train):
 @needs_bf16
 def test_training_loss_curve_follows_fp32():
     """30 steps of the tiny preset: each step's loss within 0.01 nats of fp32's."""
-    curves = {}
+    from crystalline.engine.stats import FIELD
+    curves, node_zero_bytes = {}, {}
     for precision in ("fp32", "bf16"):
         tr, curves[precision] = trainer(2, precision, 30)
+        node_zero_bytes[precision] = tr.stats.row(tr.hierarchy.node_zero.id)[FIELD["bytes"]]
         tr.close()
+    # Node Zero owns the bf16 weight copy: at least 2 bytes per matrix weight
+    matrices = tr.model.num_parameters - tr.model.param_views()["wpe"].size
+    assert node_zero_bytes["bf16"] - node_zero_bytes["fp32"] >= 2 * matrices * 0.9
     fp32, bf16 = np.array(curves["fp32"]), np.array(curves["bf16"])
     assert fp32[-1] < fp32[0] - 1.0                          # it learns
     assert np.abs(bf16 - fp32).max() < 0.01, np.abs(bf16 - fp32)

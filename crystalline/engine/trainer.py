@@ -222,7 +222,7 @@ class Trainer:
                                     self._update, self.sync, self.balance, self.straggler_mode)
             self._apply_stragglers()
             self.stats.row(self.hierarchy.node_zero.id)[FIELD["bytes"]] = \
-                self.model.params.nbytes + self.optimizer.nbytes
+                self.model.params.nbytes + self.optimizer.nbytes + self.model.bf16_nbytes
         return self._tree
 
     def _close_tree(self) -> None:

@@ -123,6 +123,11 @@ class GPT:
             ws.nbytes += ws.bf16.nbytes
         return ws
 
+    @property
+    def bf16_nbytes(self) -> int:
+        """Bytes of the bf16 weight copy (0 in fp32)."""
+        return 0 if self.bf16_weights is None else self.bf16_weights.nbytes
+
     def weights_changed(self) -> None:
         """Refresh the bf16 weight copy from params (precision="bf16"; Node Zero calls it once per
         step after AdamW, and whoever else writes model.params must too)."""
