@@ -18,7 +18,7 @@ Prints, all measured in this one run:
   * compile: a subprocess with an empty NUMBA_CACHE_DIR (a fresh install) and one with the
     cache just written (every later process): seconds to import, to build the trainer, of the
     first step, and of the second step (the step time, apart).
-  * --precision bf16: the compare part in bf16 at 2 threads: ours (Trainer(precision="bf16"),
+  * --precision bf16: the compare part in bf16 at 2 threads (--threads): ours (Trainer(precision="bf16"),
     MKL's or our vdpbf16ps GEMM as precision.gemm_provider() picks) against PyTorch's bf16
     autocast and torch.compile + bf16 autocast (the same step under torch.autocast("cpu",
     torch.bfloat16)), with ours and PyTorch's fp32 beside them; alternated, medians. Target:
@@ -207,20 +207,20 @@ def torch_bf16_runner(cfg, threads, compiled):
 
 def compare_bf16(cfg, args):
     from crystalline.model.precision import gemm_provider
-    B, tokens = 16, 16 * cfg.block_size
-    trainers = {p: our_trainer(cfg, 2, B, p) for p in ("bf16", "fp32")}
+    B, tokens, n = 16, 16 * cfg.block_size, args.threads
+    trainers = {p: our_trainer(cfg, n, B, p) for p in ("bf16", "fp32")}
     runners = {
         "crystalline bf16": lambda b: trainers["bf16"].step(),
-        "pytorch bf16": torch_bf16_runner(cfg, 2, False),
-        "pytorch compile+bf16": torch_bf16_runner(cfg, 2, True),
+        "pytorch bf16": torch_bf16_runner(cfg, n, False),
+        "pytorch compile+bf16": torch_bf16_runner(cfg, n, True),
         "crystalline fp32": lambda b: trainers["fp32"].step(),
-        "pytorch fp32": torch_runner(cfg, 2),
+        "pytorch fp32": torch_runner(cfg, n),
     }
     t = time.perf_counter()
     for step in runners.values():          # warm: compile / first allocation
         step(B)
         step(B)
-    print(f"\nbf16, 2 threads, batch {B} x {cfg.block_size}; our bf16 GEMM: {gemm_provider()}; warm-up "
+    print(f"\nbf16, {n} thread(s), batch {B} x {cfg.block_size}; our bf16 GEMM: {gemm_provider()}; warm-up "
           f"(compiles) {time.perf_counter() - t:.0f} s")
     wall = {k: [] for k in runners}
     for _ in range(args.rounds):
@@ -313,6 +313,7 @@ def main():
                     help="global batches of the 63- against 2-worker comparison")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="bf16: the compare part against PyTorch's bf16 modes instead")
+    ap.add_argument("--threads", type=int, default=2, help="workers / torch threads of --precision bf16")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: compare,compile,scale")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
