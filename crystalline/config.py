@@ -33,6 +33,9 @@ from crystalline.errors import ConfigError
 # The single switch for Numba's fastmath in every kernel (never used in the tree reduction).
 FASTMATH = False
 
+# Arithmetic of the matrix products (see crystalline.model.precision).
+PRECISIONS = ("fp32", "bf16")
+
 # A sane upper bound on worker threads in one process (12**3 = one full 4-level lattice).
 MAX_WORKERS = 1728
 
@@ -159,7 +162,7 @@ class TrainConfig(_Config):
         self._require(self.eval_interval >= 0, "eval_interval", "use 0 (off) or a positive interval")
         self._require(self.eval_batches > 0, "eval_batches", "use a positive number of batches")
         self._require(0 <= self.seed < 2**63, "seed", "use a non-negative integer below 2**63")
-        self._require(self.precision in ("fp32", "bf16"), "precision", 'use "fp32" or "bf16"')
+        self._require(self.precision in PRECISIONS, "precision", 'use "fp32" or "bf16"')
 
 
 PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {

@@ -29,13 +29,13 @@ import os
 
 import numpy as np
 
+from crystalline.config import PRECISIONS
 from crystalline.errors import ConfigError
 from crystalline.model.kernels import mkl_bf16
 from crystalline.model.kernels.bf16 import MR, NR, pack_panels, round_bf16
 from crystalline.model.kernels.matmul_bf16 import (matmul_backward_bf16, matmul_backward_mkl,
                                                    matmul_forward_bf16, matmul_forward_mkl)
 
-PRECISIONS = ("fp32", "bf16")
 FEATURE = "avx512_bf16"                 # /proc/cpuinfo's name; LLVM calls it avx512bf16
 HIDE_ENV = "CRYSTALLINE_HIDE_AVX512_BF16"
 MATRIX_WEIGHTS = ("wte", "qkvw", "attprojw", "fcw", "fcprojw")   # (OC, C) or (L, OC, C)
