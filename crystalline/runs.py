@@ -5,6 +5,7 @@
     run.state               # "idle" | "running" | "paused" | "stopped" | "finished"
     run.snapshot()          # Trainer.stats.snapshot() keys, merged over ranks, plus "rank"
     run.history()           # the step records of metrics.jsonl (list of dicts)
+    run.history(since=41)   # only those of steps after 41 (parsing only what was appended)
     run.timeline(last=50)   # phase intervals of the last 50 steps (Trainer.timeline's arrays)
     run.hierarchy           # rank 0's Hierarchy; run.hierarchies: one per rank
     run.request("pause")    # control.json: pause / resume / stop / resize(workers=N)
@@ -113,6 +114,13 @@ class Run:
         return state
 
     @property
+    def started(self) -> float | None:
+        """When the process writing this run (rank 0's) started, time.time() seconds; a run
+        resumed in this folder is written by a new process. None without telemetry."""
+        ranks = self._ranks()
+        return float(self._telemetry(ranks[0]).meta["process_started"]) if ranks else None
+
+    @property
     def controllable(self) -> bool:
         """True while the trainer is alive and acts on this folder's control file (one process)."""
         ranks = self._ranks()
@@ -164,12 +172,14 @@ class Run:
         """Rank 0's (for one process: the run's) current Hierarchy."""
         return self.hierarchies[0]
 
-    def history(self) -> list[dict]:
-        """The records of metrics.jsonl (rank 0 writes them), oldest first.
+    def history(self, since: int | None = None) -> list[dict]:
+        """The records of metrics.jsonl (rank 0 writes them), oldest first; with `since` (a step),
+        only the records of later steps (step > since), so a watcher asks for what is new.
 
-        Read incrementally: only bytes added since the last call are parsed. A last line still
-        being written is left for the next call; a damaged line (a run killed mid-write, then
-        resumed) is skipped with a warning naming it.
+        Read incrementally: only bytes added since the last call are parsed (the file offset is
+        kept; a file replaced or cut back, as when a run resumes, is read again from its start).
+        A last line still being written is left for the next call; a damaged line (a run killed
+        mid-write, then resumed) is skipped with a warning naming it.
         """
         path = self.path / "metrics.jsonl"
         try:
@@ -189,11 +199,16 @@ class Run:
                 continue
             try:
                 record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("not a JSON object with an integer step")
             except ValueError as e:
                 warnings.warn(f"{path}: skipped damaged line {self._lines} ({e})", stacklevel=2)
                 continue
             self._records.append(record)
         self._read_to += end
-        return list(self._records)
+        if since is None:
+            return list(self._records)
+        first = len(self._records)                  # steps only grow within one file: search back
+        while first > 0 and self._records[first - 1]["step"] > since:
+            first -= 1
+        return self._records[first:]

@@ -89,6 +89,8 @@ class FakeRun:
         self.trainer, self.alive, self.state, self.controllable = trainer, alive, state, controllable
         self._timeline = timeline
         self.requests = []
+        self.started = 1.0e9              # when the writing process started
+
 
     @property
     def hierarchies(self):
@@ -97,8 +99,8 @@ class FakeRun:
     def snapshot(self):
         return {**self.trainer.stats.snapshot(), "rank": np.zeros(len(self.trainer.hierarchy))}
 
-    def history(self):
-        return list(self.trainer.history)
+    def history(self, since=None):
+        return [r for r in self.trainer.history if since is None or r["step"] > since]
 
     def timeline(self, last=50):
         return self._timeline
@@ -360,6 +362,19 @@ def test_pause_through_the_control_file_of_a_real_run_folder(shakespeare, tmp_pa
         assert dash.act("stop")
         wait_for(lambda: not tr.running, what="the run to stop")
         dash.close()
+
+
+def test_a_run_folder_is_pulled_incrementally_and_again_after_a_resume(trainer):
+    trainer.run(4, progress=False)
+    run = FakeRun(trainer)
+    source = RunSource(run)
+    first = source.pull(None, 5)
+    assert [r["step"] for r in first.records] == [0, 1, 2, 3] and first.steps == 4
+    assert source.pull(first.cursor, 5).records == []
+    trainer.run(1, progress=False)
+    assert [r["step"] for r in source.pull(first.cursor, 5).records] == [4]
+    run.started += 60                              # resumed: another process writes the folder
+    assert [r["step"] for r in source.pull(4, 5).records] == [0, 1, 2, 3, 4]
 
 
 def test_a_finished_run_replays_without_controls(trainer):

@@ -128,6 +128,27 @@ def test_history_reads_what_is_complete_and_skips_a_damaged_line(tmp_path):
     assert run.history() == records[:1]
 
 
+def test_history_since_a_step_parses_only_the_lines_appended(tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics.jsonl"
+    records = [{"step": i, "loss": 5.0 - i} for i in range(6)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:4]))
+    run = crystalline.open_run(tmp_path)
+    assert run.history(since=1) == records[2:4] and run.history(since=3) == []
+    assert run.history(since=-1) == run.history() == records[:4]
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(crystalline.runs.json, "loads", lambda text: parsed.append(text) or real_loads(text))
+    with open(metrics, "a") as f:
+        f.write(json.dumps(records[4]) + "\n")
+    assert run.history(since=3) == [records[4]] and len(parsed) == 1      # one new line, parsed once
+    assert run.history(since=4) == [] and run.history() == records[:5] and len(parsed) == 1
+    # a resumed run cuts the file back (rewritten atomically): read again from its start
+    tmp = tmp_path / "metrics.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records[:2]))
+    os.replace(tmp, metrics)
+    assert run.history(since=0) == records[1:2] and len(parsed) == 3
+
+
 # ---------------------------------------------------------------------- MPI
 def _mpiexec():
     beside_python = Path(sys.executable).parent / "mpiexec"

@@ -72,7 +72,7 @@ class Dashboard(anywidget.AnyWidget):
         self.refreshes = 0
         self._errors: dict[str, str] = {}     # panel name -> its last error, until it recovers
         self._sent: dict[str, str] = {}       # trait -> the JSON text last sent
-        self._cursor = 0
+        self._cursor = None               # the source's: where the next records start
         self._refresh_lock = threading.Lock()
         self._stop_monitor = threading.Event()
         self._monitor: threading.Thread | None = None
