@@ -13,7 +13,7 @@ from crystalline import Trainer, preset
 from crystalline.engine.hierarchy import Hierarchy
 from crystalline.viz.dashboard import Dashboard
 from crystalline.viz.dashboard import data as D
-from crystalline.viz.dashboard.panels import TimeSplitPanel, TreePanel
+from crystalline.viz.dashboard.panels import TREE_RECORD, TimeSplitPanel, TreePanel, unpack
 from crystalline.viz.dashboard.sources import Pull, RunSource
 from crystalline.viz.style import PHASES, THROUGHPUT_STOPS
 
@@ -216,7 +216,8 @@ def test_task_stream_names_who_point_b_waited_for():
                                                                        (6, "w0")]
     by_step = {w["step"]: w["ms"] for w in stream["waited_for"]}
     assert by_step[5] == pytest.approx(1e3 * (0.031 - 0.0005), abs=0.01)   # N0 waited longest
-    k = stream["phase"].index(PHASES.index("update"))
+    assert {PHASES[p] for p in stream["phase"]} == {"wait_a", "compute", "wait_b", "reduce", "update"}
+    k = list(stream["phase"]).index(PHASES.index("update"))
     assert stream["row"][k] == 0 and stream["end_ms"][k] - stream["start_ms"][k] == pytest.approx(1.0, abs=0.01)
 
 
@@ -227,7 +228,7 @@ def test_slowed_spheres_are_marked():
     split.update(pull)
     tree.update(pull)
     assert split.data["slowed"] == [False, False, True, False]    # N0, w0, w1, w2
-    assert tree.data["slowed"] == [False, False, True, False]     # by sphere id
+    assert unpack(TREE_RECORD, tree.extra["tree_values"])["slowed"] == [0, 0, 1, 0]    # by sphere id
 
 
 # ---------------------------------------------------------------------------- the dashboard

@@ -196,6 +196,30 @@ def test_a_two_rank_mpi_run_is_read_merged_over_ranks(tmp_path):
     assert {(e["pid"], e["tid"]) for e in events if e["ph"] == "X"} == {(0, 0), (0, 1), (1, 0), (1, 1)}
 
 
+def test_a_live_two_rank_run_shows_no_controls_and_refuses_requests(tmp_path):
+    """Both ranks' telemetry written live (by this process, so the run is alive): the MPI
+    ranks read no control file, so the dashboard hides its buttons and request() says why."""
+    from crystalline.engine.hierarchy import Hierarchy
+    from crystalline.engine.stats import SphereStats
+    from crystalline.engine.telemetry import telemetry_path
+    from crystalline.viz.dashboard import Dashboard
+    ranks = [SphereStats(Hierarchy.for_workers(1), telemetry_path(tmp_path, r), rank=r, ranks=2)
+             for r in (0, 1)]
+    for stats in ranks:
+        stats.state, stats.reads_control = "running", True
+    run = crystalline.open_run(tmp_path)
+    assert run.alive and run.state == "running" and not run.controllable
+    with pytest.raises(RunError, match="MPI run"):
+        run.request("pause")
+    assert not (tmp_path / "control.json").exists()
+    dash = Dashboard(run)
+    assert dash.actions == [] and not dash.act("pause") and "cannot act" in dash.message["text"]
+    del ranks[1]                                  # a single rank left: it would be controllable
+    (tmp_path / "telemetry-rank1.bin").unlink()
+    assert crystalline.open_run(tmp_path).controllable
+    dash.close()
+
+
 def test_a_notebook_trainer_in_the_background_obeys_the_control_file(tmp_path, shakespeare):
     from crystalline.config import preset
     from crystalline.engine.trainer import Trainer

@@ -230,6 +230,26 @@ def test_timeline_reads_only_the_last_steps_of_a_wrapped_ring_written_by_another
                       timeline["phase"].tolist(), timeline["end"].tolist())) == reference_timeline(tel, 5)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "pidfd_open"), reason="no pidfd on this OS")
+def test_liveness_reads_proc_once_then_polls_a_pidfd(tmp_path, monkeypatch):
+    """Reading /proc/<pid>/stat costs more the more threads the writer runs (76 at 63 workers):
+    a watcher reads it once, then polls a pidfd; a process that ends is seen to end."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        from crystalline.engine.hierarchy import Hierarchy
+        path = tmp_path / "telemetry-rank0.bin"
+        telemetry.Telemetry.create(Hierarchy.for_workers(1), ["x"], PHASES, path)
+        tel = telemetry.Telemetry.open(path)
+        tel.meta.update(pid=child.pid, process_started=telemetry._process_started(child.pid))
+        assert tel.process_alive()
+        monkeypatch.setattr(telemetry, "_process_started", lambda pid: pytest.fail("read /proc again"))
+        assert all(tel.process_alive() for _ in range(100))
+    finally:
+        child.stdin.close()
+        child.wait(timeout=TIMEOUT_S)
+    assert not tel.process_alive()
+
+
 def _a_finished_run(tmp_path, shakespeare):
     run_dir = tmp_path / "run"
     with Trainer(*tiny_configs(), shakespeare, workers=1, run_dir=run_dir) as tr:

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +138,7 @@ class Telemetry:
         self.fields, self.phases = tuple(self.meta["fields"]), tuple(self.meta["phases"])
         self.capacity, self.rank = capacity, int(self.meta["rank"])
         self.table = {k: np.array(v) for k, v in self.meta["spheres"].items()}
+        self._exit_poll, self._pidfd_tried, self._exited = None, False, False    # process_alive
 
     # ------------------------------------------------------------------ writing
     @classmethod
@@ -278,16 +281,46 @@ class Telemetry:
         return Hierarchy(spheres[0])
 
     def process_alive(self) -> bool:
-        """Is the process that wrote this file still running (same host: pid and start time)?"""
-        import psutil
+        """Is the process that wrote this file still running (same host: pid and start time)?
+
+        The first call checks the pid's start time (psutil reads /proc/<pid>/stat, which costs
+        more the more threads the process runs) and, where the OS has them, keeps a pidfd of that
+        process: later calls only poll it (readable once the process has exited), no /proc read,
+        and a reused pid cannot be mistaken for the writer."""
         if self.meta["host"] != socket.gethostname():
             return self.state in ("idle", "running", "paused")    # another machine: trust the state
+        if self._exited:
+            return False
+        if self._exit_poll is None and not self._pidfd_tried:
+            self._pidfd_tried = True
+            self._exit_poll = self._open_pidfd()
+        alive = self._started_matches() if self._exit_poll is None else not self._exit_poll.poll(0)
+        self._exited = not alive
+        return alive
+
+    def _open_pidfd(self):
+        """A poll object on a pidfd of the writing process, or None (no pidfd here)."""
         try:
-            return abs(_process_started(int(self.meta["pid"])) - float(self.meta["process_started"])) < 1.0
+            fd = os.pidfd_open(int(self.meta["pid"]))
+        except (AttributeError, OSError):             # no pidfd on this OS, or no such process
+            return None
+        weakref.finalize(self, os.close, fd)
+        if not self._started_matches():               # the pid is another process's now
+            return None
+        exit_poll = select.poll()
+        exit_poll.register(fd, select.POLLIN)
+        return exit_poll
+
+    def _started_matches(self) -> bool:
+        """The pid runs and started when the writer did (psutil: a read of /proc/<pid>/stat)."""
+        import psutil
+        pid = int(self.meta["pid"])
+        try:
+            return abs(_process_started(pid) - float(self.meta["process_started"])) < 1.0
         except psutil.NoSuchProcess:
             return False
         except psutil.AccessDenied:
-            return psutil.pid_exists(int(self.meta["pid"]))
+            return psutil.pid_exists(pid)
 
 
 def intact(numbers: np.ndarray, before: np.ndarray, after: np.ndarray, capacity: int) -> np.ndarray:

@@ -35,7 +35,7 @@ class Pull:
     generation: object
     hierarchies: list           # the tree of each rank (one for a Trainer)
     error: str | None = None
-    extra: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict)   # what several panels compute from this pull, once
 
 
 def parse_workers(value) -> int:
