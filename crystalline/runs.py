@@ -123,19 +123,21 @@ class Run:
 
     @property
     def controllable(self) -> bool:
-        """True while the trainer is alive and acts on this folder's control file (one process)."""
+        """True while the trainer is alive and acts on this folder's control file (MPI: rank 0
+        reads it, and every rank acts on it between the same steps)."""
         ranks = self._ranks()
-        return (ranks == [0] and bool(self._telemetry(0).counter("reads_control"))
+        return (bool(ranks) and ranks[0] == 0 and bool(self._telemetry(0).counter("reads_control"))
                 and self.state in ("idle", "running", "paused"))
 
     def request(self, action: str, **kw) -> int:
-        """Ask the trainer to "pause", "resume", "stop" or "resize" (workers=N) between steps.
-
-        Writes control.json atomically; returns the request's sequence number (see `reply`).
+        """Ask the trainer to "pause", "resume", "stop" or "resize" (workers=N per rank) between
+        steps. Writes control.json atomically; returns the request's sequence number (see `reply`).
         """
         if not self.controllable:
-            why = ("it is an MPI run (only single-process runs read control files)" if len(self._ranks()) > 1
-                   else f"it is {self.state}" if self._ranks() else "it has no telemetry")
+            ranks = self._ranks()
+            why = ("it has no telemetry" if not ranks
+                   else f"it is {self.state}" if self.state not in ("idle", "running", "paused")
+                   else "its trainer reads no control file (rank 0 of a run with a run folder does)")
             raise RunError(f"{self.path} cannot be controlled: {why}")
         return write_request(self.path, action, **kw)
 
