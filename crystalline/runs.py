@@ -196,7 +196,29 @@ class Run:
         except FileNotFoundError:
             return []
         end = data.rfind(b"\n") + 1                 # complete lines only
-        for line in data[:end].split(b"\n")[:-1]:
+        self._records.extend(self._parse(data[:end].split(b"\n")[:-1], path))
+        self._read_to += end
+        if since is None:
+            return list(self._records)
+        first = len(self._records)                  # steps only grow within one file: search back
+        while first > 0 and self._records[first - 1]["step"] > since:
+            first -= 1
+        return self._records[first:]
+
+    def _parse(self, lines: list[bytes], path: Path) -> list[dict]:
+        """The records of complete lines: in one parse, or (if any line is damaged) line by line,
+        skipping the damaged ones with a warning naming each."""
+        if not lines:
+            return []
+        try:
+            records = json.loads(b"[" + b",".join(lines) + b"]")
+            if all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in records):
+                self._lines += len(lines)
+                return records
+        except ValueError:
+            pass
+        records = []
+        for line in lines:
             self._lines += 1
             if not line.strip():
                 continue
@@ -205,13 +227,7 @@ class Run:
                 if not isinstance(record, dict) or not isinstance(record.get("step"), int):
                     raise ValueError("not a JSON object with an integer step")
             except ValueError as e:
-                warnings.warn(f"{path}: skipped damaged line {self._lines} ({e})", stacklevel=2)
+                warnings.warn(f"{path}: skipped damaged line {self._lines} ({e})", stacklevel=3)
                 continue
-            self._records.append(record)
-        self._read_to += end
-        if since is None:
-            return list(self._records)
-        first = len(self._records)                  # steps only grow within one file: search back
-        while first > 0 and self._records[first - 1]["step"] > since:
-            first -= 1
-        return self._records[first:]
+            records.append(record)
+        return records

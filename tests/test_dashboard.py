@@ -11,6 +11,7 @@ import pytest
 
 from crystalline import Trainer, preset
 from crystalline.engine.hierarchy import Hierarchy
+from crystalline.errors import ConfigError
 from crystalline.viz.dashboard import Dashboard
 from crystalline.viz.dashboard import data as D
 from crystalline.viz.dashboard.panels import TREE_RECORD, TimeSplitPanel, TreePanel, unpack
@@ -279,6 +280,40 @@ def test_an_invalid_worker_count_is_a_visible_message(trainer, dashboard):
     # The browser's message reaches the same place.
     dashboard._on_browser_message(dashboard, {"action": "resize", "workers": "x"}, [])
     assert dashboard.message["error"] and trainer.workers == 5
+
+
+def test_the_monitor_slows_down_to_stay_under_its_cpu_budget(trainer):
+    """A pull's thread CPU time sets the period: cost / cpu_budget, never shorter than
+    1 / refresh_hz, never longer than MAX_PERIOD_S; dash.cpu_s adds them up."""
+    from crystalline.viz.dashboard import widget
+    trainer.run(2, progress=False)
+    dash = Dashboard(trainer, refresh_hz=5, cpu_budget=0.5)
+    dash.refresh()
+    assert dash.period == pytest.approx(0.2)              # cheap pulls: as often as asked
+    cheap_pull = dash.source.pull
+
+    def costly_pull(*args):                               # 30 ms of this thread's CPU time
+        started = time.thread_time()
+        while time.thread_time() - started < 0.03:
+            pass
+        return cheap_pull(*args)
+
+    dash.source.pull, dash.cpu_budget, spent = costly_pull, 0.02, dash.cpu_s
+    for _ in range(20):
+        dash.refresh()
+    assert dash.cpu_s - spent >= 20 * 0.03
+    assert 0.9 * 0.03 / 0.02 <= dash.period <= widget.MAX_PERIOD_S    # about 1.5 s
+    dash.cpu_budget = 0.001                               # 30 s: capped
+    for _ in range(20):
+        dash.refresh()
+    assert dash.period == widget.MAX_PERIOD_S
+    dash.source.pull, dash.cpu_budget = cheap_pull, 0.5
+    for _ in range(40):
+        dash.refresh()
+    assert dash.period == pytest.approx(0.2)              # cheap again: back to refresh_hz
+    with pytest.raises(ConfigError, match="cpu_budget"):
+        Dashboard(trainer, cpu_budget=0)
+    dash.close()
 
 
 def test_pause_really_pauses_and_resume_goes_on(trainer, dashboard):

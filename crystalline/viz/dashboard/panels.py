@@ -14,6 +14,7 @@ binary buffers, no JSON); `unpack` turns them back into columns.
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
 import numpy as np
 
@@ -185,7 +186,7 @@ class CurvesPanel(Panel):
                                                          {"step": [], "loss": []}, pull.steps)}
             return self._payload(self._columns, self._val, pull.steps)
         first = self.data["step"][-1]
-        recent = {k: list(self._columns[k])[-self._recent:] for k in self.KEYS}
+        recent = {k: list(islice(reversed(self._columns[k]), self._recent))[::-1] for k in self.KEYS}
         val = {k: [v for s, v in zip(self._val["step"], self._val[k]) if s > first]
                for k in ("step", "loss")}
         self.extra = {"curves_recent": self._payload(recent, val, pull.steps)}

@@ -40,7 +40,7 @@ from crystalline.viz.style import PHASES, browser_palette
 logger = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 CPU_BUDGET = 0.01      # of one core: the monitor pulls less often when its pulls cost more
-MAX_PERIOD_S = 5.0     # but at least this often
+MAX_PERIOD_S = 2.0     # but at least this often (a soft budget: a pull reads every new step record)
 
 
 class Dashboard(anywidget.AnyWidget):
@@ -165,9 +165,11 @@ class Dashboard(anywidget.AnyWidget):
 
     def close_monitor(self) -> None:
         """Stop the monitor thread and wait for it; training is left as it is."""
+        monitor = getattr(self, "_monitor", None)    # none either when __init__ refused its arguments
+        if monitor is None:
+            return
         self._stop_monitor.set()
-        monitor = self._monitor
-        if monitor is not None and monitor is not threading.current_thread():
+        if monitor is not threading.current_thread():
             monitor.join(timeout=30)
         self._monitor = None
 
