@@ -8,10 +8,10 @@ One trainer per worker count trains in the background with a run folder (telemet
 every case, so the observer is the only difference). Rounds alternate the three cases, the
 order rotating each round; each case's tokens/s is measured between step ends (the history
 records' times) over `--seconds`, and the table gives medians and their ratio to no dashboard.
-It also gives what the observer itself used, steadier than tokens/s on a shared machine: the
-monitor thread's CPU time (time.thread_time, in this process) or the watching process's CPU
-time (user + system), as a share of one core over the measurement, and the bytes it sent per
-refresh (JSON and binary buffers).
+It also gives CPU time, steadier than tokens/s on a shared machine: the training's CPU seconds
+per step (this process's CPU time, less the in-process monitor's own), what the observer itself
+used (the monitor thread's time.thread_time, or the watching process's user + system time) as a
+share of one core, and the bytes it sent per refresh (JSON and binary buffers).
 
 The in-process dashboard is `Dashboard(trainer, refresh_hz)` with its monitor thread running,
 its widget messages JSON-encoded as the kernel would send them (no browser is needed: pixels
@@ -79,17 +79,20 @@ def wait_steps(tr, n: int) -> None:
         tick.wait(0.05)
 
 
-def measure(tr, seconds: float, observer=None) -> float:
-    """Tokens/s between the end of the next step and the last step ending `seconds` later."""
+def measure(tr, seconds: float, observer) -> tuple[float, float]:
+    """Tokens/s between the end of the next step and the last step ending `seconds` later, and
+    the training's CPU seconds per step meanwhile (this process's, less an in-process monitor's)."""
     wait_steps(tr, 1)
-    if observer is not None:
-        observer.start_measuring()
+    observer.start_measuring()
+    cpu0 = time.process_time()
     first = len(tr.history)
     start = tr.history[-1]["time"]
     threading.Event().wait(seconds)
     wait_steps(tr, 1)
+    cpu = time.process_time() - cpu0 - (observer.cpu_seconds() - observer.cpu_at_start
+                                        if observer.dash is not None else 0.0)
     records = list(tr.history)[first:]
-    return sum(r["tokens"] for r in records) / (records[-1]["time"] - start)
+    return sum(r["tokens"] for r in records) / (records[-1]["time"] - start), cpu / len(records)
 
 
 class Observer:
@@ -99,7 +102,7 @@ class Observer:
         self.case, self.tr, self.run_dir, self.refresh_hz = case, tr, run_dir, refresh_hz
         self.dash = self.proc = None
         self.report = {}
-        self._cpu = self._wall = 0.0
+        self.cpu_at_start = self._wall = 0.0
 
     def cpu_seconds(self) -> float:
         """CPU seconds the observer has used so far (its thread, or its whole process)."""
@@ -111,11 +114,11 @@ class Observer:
         return 0.0
 
     def start_measuring(self) -> None:
-        self._cpu, self._wall = self.cpu_seconds(), time.perf_counter()
+        self.cpu_at_start, self._wall = self.cpu_seconds(), time.perf_counter()
 
     def cpu_share(self) -> float:
         """The observer's CPU time since start_measuring, as a share of one core."""
-        return (self.cpu_seconds() - self._cpu) / (time.perf_counter() - self._wall)
+        return (self.cpu_seconds() - self.cpu_at_start) / (time.perf_counter() - self._wall)
 
     def __enter__(self):
         if self.case == CASES[1]:
@@ -149,7 +152,8 @@ def run_workers(workers: int, args, corpus) -> dict[str, list[float]]:
     train_cfg = train_cfg.replace(eval_interval=0, max_steps=1_000_000,
                                   **({"batch_size": args.batch} if args.batch else {}))
     results: dict[str, list[float]] = {c: [] for c in CASES}
-    cpu: dict[str, list[float]] = {c: [] for c in CASES}
+    cpu: dict[str, list[float]] = {c: [] for c in CASES}         # the observer's share of a core
+    train_cpu: dict[str, list[float]] = {c: [] for c in CASES}   # training CPU seconds per step
     sent: dict[str, list[float]] = {c: [] for c in CASES[1:]}   # bytes per refresh after opening
     with tempfile.TemporaryDirectory(prefix="dashboard-cost-") as run_dir, \
             Trainer(model_cfg, train_cfg, corpus, workers=workers, run_dir=run_dir) as tr:
@@ -160,16 +164,18 @@ def run_workers(workers: int, args, corpus) -> dict[str, list[float]]:
             order = CASES[k % 3:] + CASES[:k % 3]
             for case in order:
                 with Observer(case, tr, Path(run_dir), args.refresh_hz) as observer:
-                    tps = measure(tr, args.seconds, observer)
+                    tps, step_cpu = measure(tr, args.seconds, observer)
                     cpu[case].append(observer.cpu_share())
                 results[case].append(tps)
+                train_cpu[case].append(step_cpu)
                 if case != CASES[0]:
                     sent[case].append(observer.report["bytes"] / max(1, observer.report["refreshes"]))
-                print(f"  {workers} workers, round {k + 1}: {case:<30} {tps:10,.0f} tokens/s, observer "
+                print(f"  {workers} workers, round {k + 1}: {case:<30} {tps:10,.0f} tokens/s, training "
+                      f"{step_cpu:.3f} CPU s per step, observer "
                       f"{cpu[case][-1]:.2%} of a core {observer.report or ''}", flush=True)
         tr.stop()
     kb = {case: statistics.median(values) / 1e3 for case, values in sent.items() if values}
-    return results, cpu, kb
+    return results, cpu, kb, train_cpu
 
 
 def main() -> None:
@@ -193,16 +199,19 @@ def main() -> None:
     print(f"\n{args.preset}, {args.rounds} alternated rounds of {args.seconds:.0f} s, refresh "
           f"{args.refresh_hz:g} Hz; medians\n")
     print("| workers | case | tokens/s | vs no dashboard | median of per-round ratios "
-          "| observer CPU, % of a core | KB sent per refresh |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-    for workers, (results, cpu, kb) in table.items():
+          "| training CPU s per step | vs no dashboard | observer CPU, % of a core | KB sent per refresh |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for workers, (results, cpu, kb, train_cpu) in table.items():
         base = statistics.median(results[CASES[0]])
+        base_cpu = statistics.median(train_cpu[CASES[0]])
         for case in CASES:
             median = statistics.median(results[case])
             ratios = [v / b for v, b in zip(results[case], results[CASES[0]])]
             sent = f"{kb[case]:.1f}" if kb.get(case) is not None else ""
+            step_cpu = statistics.median(train_cpu[case])
             print(f"| {workers} | {case} | {median:,.0f} | {median / base:.3f}x | "
-                  f"{statistics.median(ratios):.3f}x | {100 * statistics.median(cpu[case]):.2f} | {sent} |")
+                  f"{statistics.median(ratios):.3f}x | {step_cpu:.3f} | {step_cpu / base_cpu:.3f}x | "
+                  f"{100 * statistics.median(cpu[case]):.2f} | {sent} |")
 
 
 if __name__ == "__main__":
