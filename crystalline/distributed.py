@@ -149,6 +149,14 @@ class DistributedTrainer(Trainer):
     def _stop_before_step(self) -> bool:
         return False                      # the ranks decide together, in _combine
 
+    def _next_request(self, stopping) -> tuple[dict | None, bool]:
+        """Between steps (collective): rank 0's new control-file request for every rank to act
+        on, and whether any rank was asked to stop (which ends a pause on every rank)."""
+        mine = (self._control.poll() if self._control is not None else None,
+                bool(stopping() or self._interrupted))
+        every = self._allgather(mine, f"the control-file check before step {self.steps_done}")
+        return every[0][0], any(stop for _, stop in every)
+
     def _abort_in_flight(self) -> None:
         pass                              # this rank's step must reach _combine, where all decide
 

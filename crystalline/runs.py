@@ -5,6 +5,7 @@
     run.state               # "idle" | "running" | "paused" | "stopped" | "finished"
     run.snapshot()          # Trainer.stats.snapshot() keys, merged over ranks, plus "rank"
     run.history()           # the step records of metrics.jsonl (list of dicts)
+    run.history(since=41)   # only those of steps after 41 (parsing only what was appended)
     run.timeline(last=50)   # phase intervals of the last 50 steps (Trainer.timeline's arrays)
     run.hierarchy           # rank 0's Hierarchy; run.hierarchies: one per rank
     run.request("pause")    # control.json: pause / resume / stop / resize(workers=N)
@@ -64,10 +65,11 @@ class Run:
     # ------------------------------------------------------------------ telemetry files
     def _ranks(self) -> list[int]:
         ranks = []
-        for p in self.path.glob("telemetry-rank*.bin"):
-            suffix = p.stem.removeprefix("telemetry-rank")
-            if suffix.isdigit():
-                ranks.append(int(suffix))
+        with os.scandir(self.path) as entries:        # (cheaper than Path.glob, called per read)
+            for entry in entries:
+                name = entry.name
+                if name.startswith("telemetry-rank") and name.endswith(".bin") and name[14:-4].isdigit():
+                    ranks.append(int(name[14:-4]))
         return sorted(ranks)
 
     def _telemetry(self, rank: int) -> Telemetry:
@@ -113,20 +115,29 @@ class Run:
         return state
 
     @property
-    def controllable(self) -> bool:
-        """True while the trainer is alive and acts on this folder's control file (one process)."""
+    def started(self) -> float | None:
+        """When the process writing this run (rank 0's) started, time.time() seconds; a run
+        resumed in this folder is written by a new process. None without telemetry."""
         ranks = self._ranks()
-        return (ranks == [0] and bool(self._telemetry(0).counter("reads_control"))
+        return float(self._telemetry(ranks[0]).meta["process_started"]) if ranks else None
+
+    @property
+    def controllable(self) -> bool:
+        """True while the trainer is alive and acts on this folder's control file (MPI: rank 0
+        reads it, and every rank acts on it between the same steps)."""
+        ranks = self._ranks()
+        return (bool(ranks) and ranks[0] == 0 and bool(self._telemetry(0).counter("reads_control"))
                 and self.state in ("idle", "running", "paused"))
 
     def request(self, action: str, **kw) -> int:
-        """Ask the trainer to "pause", "resume", "stop" or "resize" (workers=N) between steps.
-
-        Writes control.json atomically; returns the request's sequence number (see `reply`).
+        """Ask the trainer to "pause", "resume", "stop" or "resize" (workers=N per rank) between
+        steps. Writes control.json atomically; returns the request's sequence number (see `reply`).
         """
         if not self.controllable:
-            why = ("it is an MPI run (only single-process runs read control files)" if len(self._ranks()) > 1
-                   else f"it is {self.state}" if self._ranks() else "it has no telemetry")
+            ranks = self._ranks()
+            why = ("it has no telemetry" if not ranks
+                   else f"it is {self.state}" if self.state not in ("idle", "running", "paused")
+                   else "its trainer reads no control file (rank 0 of a run with a run folder does)")
             raise RunError(f"{self.path} cannot be controlled: {why}")
         return write_request(self.path, action, **kw)
 
@@ -164,12 +175,14 @@ class Run:
         """Rank 0's (for one process: the run's) current Hierarchy."""
         return self.hierarchies[0]
 
-    def history(self) -> list[dict]:
-        """The records of metrics.jsonl (rank 0 writes them), oldest first.
+    def history(self, since: int | None = None) -> list[dict]:
+        """The records of metrics.jsonl (rank 0 writes them), oldest first; with `since` (a step),
+        only the records of later steps (step > since), so a watcher asks for what is new.
 
-        Read incrementally: only bytes added since the last call are parsed. A last line still
-        being written is left for the next call; a damaged line (a run killed mid-write, then
-        resumed) is skipped with a warning naming it.
+        Read incrementally: only bytes added since the last call are parsed (the file offset is
+        kept; a file replaced or cut back, as when a run resumes, is read again from its start).
+        A last line still being written is left for the next call; a damaged line (a run killed
+        mid-write, then resumed) is skipped with a warning naming it.
         """
         path = self.path / "metrics.jsonl"
         try:
@@ -183,17 +196,38 @@ class Run:
         except FileNotFoundError:
             return []
         end = data.rfind(b"\n") + 1                 # complete lines only
-        for line in data[:end].split(b"\n")[:-1]:
+        self._records.extend(self._parse(data[:end].split(b"\n")[:-1], path))
+        self._read_to += end
+        if since is None:
+            return list(self._records)
+        first = len(self._records)                  # steps only grow within one file: search back
+        while first > 0 and self._records[first - 1]["step"] > since:
+            first -= 1
+        return self._records[first:]
+
+    def _parse(self, lines: list[bytes], path: Path) -> list[dict]:
+        """The records of complete lines: in one parse, or (if any line is damaged) line by line,
+        skipping the damaged ones with a warning naming each."""
+        if not lines:
+            return []
+        try:
+            records = json.loads(b"[" + b",".join(lines) + b"]")
+            if all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in records):
+                self._lines += len(lines)
+                return records
+        except ValueError:
+            pass
+        records = []
+        for line in lines:
             self._lines += 1
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("not a JSON object with an integer step")
             except ValueError as e:
-                warnings.warn(f"{path}: skipped damaged line {self._lines} ({e})", stacklevel=2)
+                warnings.warn(f"{path}: skipped damaged line {self._lines} ({e})", stacklevel=3)
                 continue
-            self._records.append(record)
-        self._read_to += end
-        return list(self._records)
+            records.append(record)
+        return records

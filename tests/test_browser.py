@@ -240,6 +240,9 @@ def test_jupyterlab_watches_pauses_and_replays_a_cli_run(lab, browser, cli_run, 
         text = tooltip.inner_text()
         for part in ("sphere", "group g", "rank 0", "tokens/s", "owned"):
             assert part in text, (part, text)
+        # the per-sphere columns arrive as binary records: decoded, they are numbers and names
+        assert re.search(r"[\d.]+k? tokens/s", text) and re.search(r"[\d.]+ (KiB|MiB) owned", text), text
+        assert re.search(r"owned · (wait at Point|compute|idle)", text), text
         page.screenshot(path=tmp_path / "lab_live.png")
         keep(tmp_path / "lab_live.png")
 
@@ -252,6 +255,15 @@ def test_jupyterlab_watches_pauses_and_replays_a_cli_run(lab, browser, cli_run, 
         assert 0 <= x0 < x1 <= step_of(status_text(page)) + 1
         loss.dblclick()
         wait_until(lambda: loss.get_attribute("data-view") == "", 10, "the reset view")
+
+        # An invalid worker count in the box: a visible message, and the run keeps its workers.
+        box = page.locator(".crystalline-workers")
+        box.fill("lots")
+        page.get_by_role("button", name="apply").click()
+        message = page.locator(".crystalline-message")
+        wait_until(lambda: "not a whole number" in message.inner_text(), 30, "the error message", proc, log)
+        assert "cr-error" in message.get_attribute("class") and message.is_visible()
+        assert "3 workers" in status_text(page) and "control.json" not in os.listdir(run_dir)
 
         # Pause from the dashboard pauses the CLI process (its control file).
         page.get_by_role("button", name="pause").click()

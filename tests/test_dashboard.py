@@ -11,9 +11,10 @@ import pytest
 
 from crystalline import Trainer, preset
 from crystalline.engine.hierarchy import Hierarchy
+from crystalline.errors import ConfigError
 from crystalline.viz.dashboard import Dashboard
 from crystalline.viz.dashboard import data as D
-from crystalline.viz.dashboard.panels import TimeSplitPanel, TreePanel
+from crystalline.viz.dashboard.panels import TREE_RECORD, TimeSplitPanel, TreePanel, unpack
 from crystalline.viz.dashboard.sources import Pull, RunSource
 from crystalline.viz.style import PHASES, THROUGHPUT_STOPS
 
@@ -89,6 +90,8 @@ class FakeRun:
         self.trainer, self.alive, self.state, self.controllable = trainer, alive, state, controllable
         self._timeline = timeline
         self.requests = []
+        self.started = 1.0e9              # when the writing process started
+
 
     @property
     def hierarchies(self):
@@ -97,8 +100,8 @@ class FakeRun:
     def snapshot(self):
         return {**self.trainer.stats.snapshot(), "rank": np.zeros(len(self.trainer.hierarchy))}
 
-    def history(self):
-        return list(self.trainer.history)
+    def history(self, since=None):
+        return [r for r in self.trainer.history if since is None or r["step"] > since]
 
     def timeline(self, last=50):
         return self._timeline
@@ -214,7 +217,8 @@ def test_task_stream_names_who_point_b_waited_for():
                                                                        (6, "w0")]
     by_step = {w["step"]: w["ms"] for w in stream["waited_for"]}
     assert by_step[5] == pytest.approx(1e3 * (0.031 - 0.0005), abs=0.01)   # N0 waited longest
-    k = stream["phase"].index(PHASES.index("update"))
+    assert {PHASES[p] for p in stream["phase"]} == {"wait_a", "compute", "wait_b", "reduce", "update"}
+    k = list(stream["phase"]).index(PHASES.index("update"))
     assert stream["row"][k] == 0 and stream["end_ms"][k] - stream["start_ms"][k] == pytest.approx(1.0, abs=0.01)
 
 
@@ -225,7 +229,7 @@ def test_slowed_spheres_are_marked():
     split.update(pull)
     tree.update(pull)
     assert split.data["slowed"] == [False, False, True, False]    # N0, w0, w1, w2
-    assert tree.data["slowed"] == [False, False, True, False]     # by sphere id
+    assert unpack(TREE_RECORD, tree.extra["tree_values"])["slowed"] == [0, 0, 1, 0]    # by sphere id
 
 
 # ---------------------------------------------------------------------------- the dashboard
@@ -276,6 +280,40 @@ def test_an_invalid_worker_count_is_a_visible_message(trainer, dashboard):
     # The browser's message reaches the same place.
     dashboard._on_browser_message(dashboard, {"action": "resize", "workers": "x"}, [])
     assert dashboard.message["error"] and trainer.workers == 5
+
+
+def test_the_monitor_slows_down_to_stay_under_its_cpu_budget(trainer):
+    """A pull's thread CPU time sets the period: cost / cpu_budget, never shorter than
+    1 / refresh_hz, never longer than MAX_PERIOD_S; dash.cpu_s adds them up."""
+    from crystalline.viz.dashboard import widget
+    trainer.run(2, progress=False)
+    dash = Dashboard(trainer, refresh_hz=5, cpu_budget=0.5)
+    dash.refresh()
+    assert dash.period == pytest.approx(0.2)              # cheap pulls: as often as asked
+    cheap_pull = dash.source.pull
+
+    def costly_pull(*args):                               # 30 ms of this thread's CPU time
+        started = time.thread_time()
+        while time.thread_time() - started < 0.03:
+            pass
+        return cheap_pull(*args)
+
+    dash.source.pull, dash.cpu_budget, spent = costly_pull, 0.02, dash.cpu_s
+    for _ in range(20):
+        dash.refresh()
+    assert dash.cpu_s - spent >= 20 * 0.03
+    assert 0.9 * 0.03 / 0.02 <= dash.period <= widget.MAX_PERIOD_S    # about 1.5 s
+    dash.cpu_budget = 0.001                               # 30 s: capped
+    for _ in range(20):
+        dash.refresh()
+    assert dash.period == widget.MAX_PERIOD_S
+    dash.source.pull, dash.cpu_budget = cheap_pull, 0.5
+    for _ in range(40):
+        dash.refresh()
+    assert dash.period == pytest.approx(0.2)              # cheap again: back to refresh_hz
+    with pytest.raises(ConfigError, match="cpu_budget"):
+        Dashboard(trainer, cpu_budget=0)
+    dash.close()
 
 
 def test_pause_really_pauses_and_resume_goes_on(trainer, dashboard):
@@ -360,6 +398,19 @@ def test_pause_through_the_control_file_of_a_real_run_folder(shakespeare, tmp_pa
         assert dash.act("stop")
         wait_for(lambda: not tr.running, what="the run to stop")
         dash.close()
+
+
+def test_a_run_folder_is_pulled_incrementally_and_again_after_a_resume(trainer):
+    trainer.run(4, progress=False)
+    run = FakeRun(trainer)
+    source = RunSource(run)
+    first = source.pull(None, 5)
+    assert [r["step"] for r in first.records] == [0, 1, 2, 3] and first.steps == 4
+    assert source.pull(first.cursor, 5).records == []
+    trainer.run(1, progress=False)
+    assert [r["step"] for r in source.pull(first.cursor, 5).records] == [4]
+    run.started += 60                              # resumed: another process writes the folder
+    assert [r["step"] for r in source.pull(4, 5).records] == [0, 1, 2, 3, 4]
 
 
 def test_a_finished_run_replays_without_controls(trainer):

@@ -15,6 +15,7 @@ import pytest
 import crystalline
 from crystalline.checkpoint import read_checkpoint
 from crystalline.engine.control import write_request
+from crystalline.engine.telemetry import Telemetry
 from crystalline.errors import RunError
 
 TIMEOUT_S = 120
@@ -128,6 +129,30 @@ def test_history_reads_what_is_complete_and_skips_a_damaged_line(tmp_path):
     assert run.history() == records[:1]
 
 
+def test_history_since_a_step_parses_only_the_lines_appended(tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics.jsonl"
+    records = [{"step": i, "loss": 5.0 - i} for i in range(6)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:4]))
+    run = crystalline.open_run(tmp_path)
+    assert run.history(since=1) == records[2:4] and run.history(since=3) == []
+    assert run.history(since=-1) == run.history() == records[:4]
+    parsed = []                                     # every text handed to json.loads
+    real_loads = json.loads
+    monkeypatch.setattr(crystalline.runs.json, "loads", lambda text: parsed.append(text) or real_loads(text))
+    line = json.dumps(records[4]) + "\n"
+    with open(metrics, "a") as f:
+        f.write(line)
+    assert run.history(since=3) == [records[4]]
+    assert sum(map(len, parsed)) <= len(line) + 2            # only the appended line was parsed
+    assert run.history(since=4) == [] and run.history() == records[:5]
+    assert sum(map(len, parsed)) <= len(line) + 2            # nothing new: nothing parsed
+    # a resumed run cuts the file back (rewritten atomically): read again from its start
+    tmp = tmp_path / "metrics.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records[:2]))
+    os.replace(tmp, metrics)
+    assert run.history(since=0) == records[1:2] and run.history() == records[:2]
+
+
 # ---------------------------------------------------------------------- MPI
 def _mpiexec():
     beside_python = Path(sys.executable).parent / "mpiexec"
@@ -165,7 +190,7 @@ def test_a_two_rank_mpi_run_is_read_merged_over_ranks(tmp_path):
         assert set(timeline["phase"][(timeline["rank"] == rank) & (timeline["sphere"] == 1)].tolist()) \
             == {"wait_a", "compute", "wait_b"}
     assert not run.alive and run.state == "finished" and not run.controllable
-    with pytest.raises(RunError, match="MPI run"):
+    with pytest.raises(RunError, match="cannot be controlled: it is finished"):
         run.request("pause")
 
     from crystalline.commands.trace import chrome_trace
@@ -173,6 +198,76 @@ def test_a_two_rank_mpi_run_is_read_merged_over_ranks(tmp_path):
     assert sorted((e["pid"], e["args"]["name"]) for e in events if e["name"] == "process_name") \
         == [(0, "rank 0"), (1, "rank 1")]
     assert {(e["pid"], e["tid"]) for e in events if e["ph"] == "X"} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
+def test_a_live_run_whose_trainer_reads_no_control_file_shows_no_controls(tmp_path):
+    """Two ranks' telemetry written live by this process (so the run is alive): controls only
+    where rank 0 reads the control file; otherwise no buttons, and request() says why."""
+    from crystalline.engine.hierarchy import Hierarchy
+    from crystalline.engine.stats import SphereStats
+    from crystalline.engine.telemetry import telemetry_path
+    from crystalline.viz.dashboard import Dashboard
+    ranks = [SphereStats(Hierarchy.for_workers(1), telemetry_path(tmp_path, r), rank=r, ranks=2)
+             for r in (0, 1)]
+    for stats in ranks:
+        stats.state = "running"
+    run = crystalline.open_run(tmp_path)
+    assert run.alive and run.state == "running" and not run.controllable
+    with pytest.raises(RunError, match="reads no control file"):
+        run.request("pause")
+    assert not (tmp_path / "control.json").exists()
+    dash = Dashboard(run)
+    assert dash.actions == [] and not dash.act("pause") and "cannot act" in dash.message["text"]
+    ranks[0].reads_control = True                 # what rank 0 of an MPI run with a run folder sets
+    assert run.controllable
+    dash.refresh()
+    assert dash.actions == ["pause", "stop", "resize"]
+    dash.close()
+
+
+def mpi_train(run_dir: Path, steps: int, *extra: str) -> list[str]:
+    return [_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "crystalline", "train", "--distributed",
+            "--preset", "tiny", "--workers", "1", "--steps", str(steps), "--eval-interval", "0", "--sample", "0",
+            "--no-progress", "--ckpt-interval", "1000000", "--run-dir", str(run_dir), *extra]
+
+
+@pytest.mark.skipif(_no_mpi() is not None, reason=str(_no_mpi()))
+def test_a_two_rank_mpi_run_is_paused_resized_and_stopped_through_its_control_file(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(mpi_train(run_dir, 100000), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, env=ENV)
+    try:
+        def two_ranks_stepping():
+            run = crystalline.open_run(run_dir)
+            return run if len(run.hierarchies) == 2 and run.snapshot()["step"] >= 3 else None
+        run = wait_until(two_ranks_stepping, "two ranks' first steps", timeout=TIMEOUT_S)
+        assert run.alive and run.controllable
+
+        seq = run.request("pause")
+        assert wait_until(lambda: answered(run, seq), "the pause reply")["ok"]
+        files = [Telemetry.open(run_dir / f"telemetry-rank{r}.bin") for r in (0, 1)]
+        assert [t.state for t in files] == ["paused", "paused"]       # every rank paused
+        held = run.snapshot()["step"]
+        deadline = time.monotonic() + 1.0                             # many steps' time, were any run
+        while time.monotonic() < deadline:
+            assert run.snapshot()["step"] == held and proc.poll() is None
+            time.sleep(0.1)
+
+        seq = run.request("resize", workers=3)
+        assert wait_until(lambda: answered(run, seq), "the resize reply")["ok"]
+        wait_until(lambda: [h.n_workers for h in run.hierarchies] == [3, 3], "each rank's new tree")
+        seq = run.request("resume")
+        wait_until(lambda: answered(run, seq), "the resume reply")
+        wait_until(lambda: run.snapshot()["step"] > held + 2, "steps after resume")
+        seq = run.request("stop")
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out + err
+    assert "stopped (control file)" in out and run.reply["seq"] == seq and run.reply["ok"]
+    assert (run_dir / "checkpoint.safetensors").exists() and run.state == "stopped"
 
 
 def test_a_notebook_trainer_in_the_background_obeys_the_control_file(tmp_path, shakespeare):

@@ -168,6 +168,88 @@ def test_the_ring_keeps_the_last_intervals_and_drops_the_old(tmp_path, shakespea
     assert 0 < worker.sum() <= 15 and timeline["step"][worker].min() >= 14
 
 
+# Trains 2 workers for 30 steps with rings of 64 intervals (Node Zero laps its ring twice).
+SMALL_RING_WRITER = textwrap.dedent("""
+    import sys
+    from crystalline import Trainer, preset
+    from crystalline.data.corpus import bundled_corpus
+    from crystalline.engine import telemetry
+    telemetry.RING_INTERVALS = 64
+    model_cfg, train_cfg = preset("tiny")
+    tr = Trainer(model_cfg, train_cfg.replace(eval_interval=0), str(bundled_corpus()), workers=2,
+                 run_dir=sys.argv[1])
+    tr.run(30, progress=False)
+""")
+
+
+def reference_timeline(tel, last: int) -> list[tuple]:
+    """The slow, obvious decode of a finished ring: every sphere's entries from its oldest
+    intact one (cursor - capacity + 1) to its newest, those of the last `last` steps, by start."""
+    rows = []
+    for sphere, cursor in enumerate(tel.cursor.tolist()):
+        for j in range(max(0, cursor - tel.capacity + 1), cursor):
+            e = tel.ring[sphere, j % tel.capacity]
+            rows.append((float(e["start"]), sphere, int(e["step"]), tel.phases[int(e["phase"])], float(e["end"])))
+    newest = max(r[2] for r in rows)
+    return sorted(r for r in rows if r[2] > newest - last)
+
+
+class CopyCounter:
+    """Stands in for a telemetry ring: counts the entries read through it."""
+
+    def __init__(self, ring):
+        self.ring, self.copied = ring, 0
+
+    def __getitem__(self, key):
+        out = self.ring[key]
+        self.copied += out.size
+        return out
+
+
+def test_timeline_reads_only_the_last_steps_of_a_wrapped_ring_written_by_another_process(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    subprocess.run([sys.executable, "-c", SMALL_RING_WRITER, str(run_dir)], check=True, timeout=TIMEOUT_S)
+    tel = telemetry.Telemetry.open(telemetry.telemetry_path(run_dir))
+    assert tel.capacity == 64 and tel.cursor[0] == 30 * 6        # every sphere's ring has wrapped
+    run = crystalline.open_run(run_dir)
+    for last in (1, 3, 10, 1000):
+        timeline = run.timeline(last=last)
+        got = sorted(zip(timeline["start"].tolist(), timeline["sphere"].tolist(), timeline["step"].tolist(),
+                         timeline["phase"].tolist(), timeline["end"].tolist()))
+        assert got == reference_timeline(tel, last), last
+    assert sorted(set(run.timeline(last=3)["step"].tolist())) == [27, 28, 29]
+
+    counter = tel.ring = CopyCounter(tel.ring)
+    tel.timeline(last=3)
+    n = len(tel.cursor)
+    assert 0 < counter.copied <= n * telemetry.ENTRIES_PER_STEP * (3 + 1) < n * tel.capacity
+    # a guess too small for the steps asked for grows until it holds them all
+    monkeypatch.setattr(telemetry, "ENTRIES_PER_STEP", 1)
+    timeline = tel.timeline(last=5)
+    assert sorted(zip(timeline["start"].tolist(), timeline["sphere"].tolist(), timeline["step"].tolist(),
+                      timeline["phase"].tolist(), timeline["end"].tolist())) == reference_timeline(tel, 5)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "pidfd_open"), reason="no pidfd on this OS")
+def test_liveness_reads_proc_once_then_polls_a_pidfd(tmp_path, monkeypatch):
+    """Reading /proc/<pid>/stat costs more the more threads the writer runs (76 at 63 workers):
+    a watcher reads it once, then polls a pidfd; a process that ends is seen to end."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        from crystalline.engine.hierarchy import Hierarchy
+        path = tmp_path / "telemetry-rank0.bin"
+        telemetry.Telemetry.create(Hierarchy.for_workers(1), ["x"], PHASES, path)
+        tel = telemetry.Telemetry.open(path)
+        tel.meta.update(pid=child.pid, process_started=telemetry._process_started(child.pid))
+        assert tel.process_alive()
+        monkeypatch.setattr(telemetry, "_process_started", lambda pid: pytest.fail("read /proc again"))
+        assert all(tel.process_alive() for _ in range(100))
+    finally:
+        child.stdin.close()
+        child.wait(timeout=TIMEOUT_S)
+    assert not tel.process_alive()
+
+
 def _a_finished_run(tmp_path, shakespeare):
     run_dir = tmp_path / "run"
     with Trainer(*tiny_configs(), shakespeare, workers=1, run_dir=run_dir) as tr:
@@ -212,7 +294,7 @@ def test_reads_racing_the_writers_never_return_a_torn_or_overwritten_interval(sh
         tr.start(steps=150)
         reads = 0
         while tr.running or reads == 0:
-            timeline = tr.timeline(last=1000)
+            timeline = tr.timeline(last=1000 if reads % 2 else 2)     # the whole ring, or its tail
             reads += 1
             for sphere in set(timeline["sphere"].tolist()):
                 mine = timeline["sphere"] == sphere           # sorted by start: the sphere's order
@@ -226,15 +308,10 @@ def test_reads_racing_the_writers_never_return_a_torn_or_overwritten_interval(sh
 
 
 def test_only_entries_no_write_touched_during_the_copy_are_kept():
-    capacity, interval = 4, telemetry.INTERVAL
-    ring = np.zeros((1, capacity), dtype=interval)
-    for k in range(6):                               # entries 0..5 written; slots hold 4, 5, 2, 3
-        ring[0, k % capacity] = (k, k + 1, k, 0)
-    before = np.array([6])
-    sphere, entries = telemetry.intact_entries(before, ring, np.array([6]))
-    assert entries["start"].tolist() == [3, 4, 5]    # entry 2's slot is the next to be written
-    # while the ring was copied the writer finished entry 6 (slot 2) and began entry 7 (slot 3)
-    ring[0, 2] = (6, 7, 6, 0)
-    ring[0, 3]["start"] = 7
-    sphere, entries = telemetry.intact_entries(before, ring, np.array([7]))
-    assert entries["start"].tolist() == [4, 5] and sphere.tolist() == [0, 0]
+    capacity = 4                                     # entries 0..5 written; slots hold 4, 5, 2, 3
+    numbers = np.arange(-2, 6)[None, :]              # entry numbers asked for (negative: none yet)
+    kept = telemetry.intact(numbers, np.array([6]), np.array([6]), capacity)
+    assert numbers[kept].tolist() == [3, 4, 5]       # entry 2's slot is the next to be written
+    # while the entries were copied the writer finished entry 6 (slot 2) and began entry 7 (slot 3)
+    kept = telemetry.intact(numbers, np.array([6]), np.array([7]), capacity)
+    assert numbers[kept].tolist() == [4, 5]

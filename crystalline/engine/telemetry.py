@@ -16,9 +16,10 @@ Layout (version 1, little-endian), one file per process (MPI: one per rank):
          (start, end: float64 time.time() seconds; step, phase: int32)
 
 Consistency without a lock. Every sphere writes only its own row and its own ring row, a ring
-entry before its cursor, so a reader that reads a cursor, copies the ring and reads the cursor
-again keeps exactly the entries no write touched meanwhile (the newest capacity - 1: the slot
-after the newest may be mid-write). The sphere table never changes in a file: a resize writes
+entry before its cursor, so a reader that reads a cursor, copies ring entries and reads the
+cursor again keeps exactly the entries no write touched meanwhile (at most the newest
+capacity - 1: the slot after the newest may be mid-write). `timeline(last)` copies only each
+sphere's newest entries, as many as the last steps need, not the whole ring. The sphere table never changes in a file: a resize writes
 a new file (the next generation) to a temporary name, renames it over the old path, then sets
 `superseded` in the old one; a reader that finds `superseded` set (or the path now naming
 another file) after copying reopens the path and reads again. The rows themselves are as
@@ -32,8 +33,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,7 @@ HEADER_BYTES = 64
 COUNTERS = ("generation", "superseded", "step", "state", "reads_control", "reserved")
 STATES = ("idle", "running", "paused", "stopped", "finished")
 RING_INTERVALS = 1024      # per sphere: 341 steps of a worker's 3 phases, 170 of Node Zero's 6
+ENTRIES_PER_STEP = 6       # Node Zero's intervals per training step (the most of any sphere)
 INTERVAL = np.dtype([("start", "<f8"), ("end", "<f8"), ("step", "<i4"), ("phase", "<i4")])
 
 
@@ -134,6 +138,7 @@ class Telemetry:
         self.fields, self.phases = tuple(self.meta["fields"]), tuple(self.meta["phases"])
         self.capacity, self.rank = capacity, int(self.meta["rank"])
         self.table = {k: np.array(v) for k, v in self.meta["spheres"].items()}
+        self._exit_poll, self._pidfd_tried, self._exited = None, False, False    # process_alive
 
     # ------------------------------------------------------------------ writing
     @classmethod
@@ -237,12 +242,29 @@ class Telemetry:
         return snap
 
     def timeline(self, last: int = 50) -> dict[str, np.ndarray]:
-        """Closed phase intervals of the last `last` steps, sorted by start (see timeline_arrays)."""
-        before = np.array(self.cursor)
-        ring = np.array(self.ring)
-        after = np.array(self.cursor)
-        sphere, entries = intact_entries(before, ring, after)
-        return timeline_arrays(sphere, np.full(len(sphere), self.rank), entries, self.phases, last)
+        """Closed phase intervals of the last `last` steps, sorted by start (see timeline_arrays).
+
+        Copies each sphere's newest entries only: a guess of how many the steps need (Node Zero
+        closes 6 intervals a step, the others 3; validation adds more), grown until the oldest
+        entry copied of every sphere is from an earlier step or is its oldest intact one."""
+        n, capacity = len(self.cursor), self.capacity
+        take = min(capacity, ENTRIES_PER_STEP * (last + 1))
+        while True:
+            before = np.array(self.cursor)
+            numbers = before[:, None] - take + np.arange(take)       # (n, take) entries, oldest first
+            entries = self.ring[np.arange(n)[:, None], numbers % capacity]     # the copy
+            after = np.array(self.cursor)
+            kept = intact(numbers, before, after, capacity)
+            steps = entries["step"]
+            cutoff = (steps[kept].max() if kept.any() else 0) - last
+            # a sphere whose oldest copied entry is intact, not its oldest in the ring, and
+            # still inside the last steps: older entries may belong to them too
+            short = kept[:, 0] & (numbers[:, 0] > np.maximum(after - capacity + 1, 0)) & (steps[:, 0] > cutoff)
+            if take >= capacity or not short.any():
+                break
+            take = min(capacity, 4 * take)
+        sphere = np.broadcast_to(np.arange(n)[:, None], numbers.shape)[kept]
+        return timeline_arrays(sphere, np.full(len(sphere), self.rank), entries[kept], self.phases, last)
 
     def hierarchy(self):
         """The Hierarchy this file describes (same ids, roles, groups, worker indices)."""
@@ -259,36 +281,58 @@ class Telemetry:
         return Hierarchy(spheres[0])
 
     def process_alive(self) -> bool:
-        """Is the process that wrote this file still running (same host: pid and start time)?"""
-        import psutil
+        """Is the process that wrote this file still running (same host: pid and start time)?
+
+        The first call checks the pid's start time (psutil reads /proc/<pid>/stat, which costs
+        more the more threads the process runs) and, where the OS has them, keeps a pidfd of that
+        process: later calls only poll it (readable once the process has exited), no /proc read,
+        and a reused pid cannot be mistaken for the writer."""
         if self.meta["host"] != socket.gethostname():
             return self.state in ("idle", "running", "paused")    # another machine: trust the state
+        if self._exited:
+            return False
+        if self._exit_poll is None and not self._pidfd_tried:
+            self._pidfd_tried = True
+            self._exit_poll = self._open_pidfd()
+        alive = self._started_matches() if self._exit_poll is None else not self._exit_poll.poll(0)
+        self._exited = not alive
+        return alive
+
+    def _open_pidfd(self):
+        """A poll object on a pidfd of the writing process, or None (no pidfd here)."""
         try:
-            return abs(_process_started(int(self.meta["pid"])) - float(self.meta["process_started"])) < 1.0
+            fd = os.pidfd_open(int(self.meta["pid"]))
+        except (AttributeError, OSError):             # no pidfd on this OS, or no such process
+            return None
+        weakref.finalize(self, os.close, fd)
+        if not self._started_matches():               # the pid is another process's now
+            return None
+        exit_poll = select.poll()
+        exit_poll.register(fd, select.POLLIN)
+        return exit_poll
+
+    def _started_matches(self) -> bool:
+        """The pid runs and started when the writer did (psutil: a read of /proc/<pid>/stat)."""
+        import psutil
+        pid = int(self.meta["pid"])
+        try:
+            return abs(_process_started(pid) - float(self.meta["process_started"])) < 1.0
         except psutil.NoSuchProcess:
             return False
         except psutil.AccessDenied:
-            return psutil.pid_exists(int(self.meta["pid"]))
+            return psutil.pid_exists(pid)
 
 
-def intact_entries(before: np.ndarray, ring: np.ndarray, after: np.ndarray):
-    """(sphere per entry, entries) of a ring copied between two reads of the cursors.
+def intact(numbers: np.ndarray, before: np.ndarray, after: np.ndarray, capacity: int) -> np.ndarray:
+    """Which copied ring entries are intact: (n, k) bool for entry numbers `numbers` (n, k).
 
-    before, after: (n,) cursors read before and after copying ring (n, capacity). Entry k of
-    sphere i sits in slot k % capacity; writes during the copy (entries before[i] .. after[i],
-    the last perhaps half done) overwrote the slots of entries up to after[i] - capacity, so
-    entries [after[i] - capacity + 1, before[i]) are intact. Oldest first per sphere.
+    before, after: (n,) cursors read before and after copying. Entry j of sphere i sits in slot
+    j % capacity; writes during the copy (entries before[i] .. after[i], the last perhaps half
+    done) overwrote the slots of entries up to after[i] - capacity, so entries
+    [after[i] - capacity + 1, before[i]) are intact.
     """
-    capacity = ring.shape[1]
-    spheres, slots = [], []
-    for i in range(len(before)):
-        idx = np.arange(max(0, int(after[i]) - capacity + 1), int(before[i]))
-        spheres.append(np.full(len(idx), i, dtype=np.int64))
-        slots.append(idx % capacity)
-    if not spheres:
-        return np.zeros(0, dtype=np.int64), ring.reshape(-1)[:0]
-    sphere = np.concatenate(spheres)
-    return sphere, ring[sphere, np.concatenate(slots)]
+    low = np.maximum(after - capacity + 1, 0)
+    return (numbers >= low[:, None]) & (numbers < before[:, None])
 
 
 def timeline_arrays(sphere, rank, entries, phases, last: int) -> dict[str, np.ndarray]:
@@ -297,11 +341,11 @@ def timeline_arrays(sphere, rank, entries, phases, last: int) -> dict[str, np.nd
     step = entries["step"].astype(np.int64)
     keep = step > (step.max() - last if len(step) else 0)
     order = np.argsort(entries["start"][keep], kind="stable")
-    names = np.array(phases, dtype=object)
+    names = np.array(phases)
     return {"sphere": np.asarray(sphere, dtype=np.int64)[keep][order],
             "rank": np.asarray(rank, dtype=np.int64)[keep][order],
             "step": step[keep][order],
-            "phase": names[entries["phase"][keep][order]].astype(str),
+            "phase": names[entries["phase"][keep][order]],
             "start": entries["start"][keep][order].astype(np.float64),
             "end": entries["end"][keep][order].astype(np.float64)}
 

@@ -153,9 +153,10 @@ class Trainer:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.stragglers = check_stragglers(stragglers, len(self.hierarchy.workers))
         self.stats = self._new_stats(self.hierarchy)
-        # A single-process run with a run folder takes requests from its control file.
-        self._control = ControlReader(self.run_dir) \
-            if self.run_dir is not None and self._rank_of()[1] == 1 else None
+        # A run with a run folder takes requests from its control file (MPI: rank 0 reads it and
+        # every rank acts on what it read, see DistributedTrainer._next_request).
+        self._takes_requests = self.run_dir is not None
+        self._control = ControlReader(self.run_dir) if self._takes_requests and self._rank_of()[0] == 0 else None
         self.stats.reads_control = self._control is not None
         self._control_paused = False
         self.stopped_by_control = False   # the last run ended on a "stop" request
@@ -442,15 +443,19 @@ class Trainer:
         """Act on a new request in the run folder's control file; while paused by one, wait
         (reading the file again every CONTROL_POLL_S) until stopping() or a request ends it.
         False: a stop request ends the loop."""
-        if self._control is None:
+        if not self._takes_requests:
             return True
         while True:
-            request = self._control.poll()
+            request, stop = self._next_request(stopping)
             if request is not None:
                 self._act_on(request)
-            if not self._control_paused or stopping():
+            if not self._control_paused or stop:
                 return not self.stopped_by_control
             time.sleep(CONTROL_POLL_S)
+
+    def _next_request(self, stopping) -> tuple[dict | None, bool]:
+        """(a new control request or None, whether to stop waiting); MPI ranks agree on both."""
+        return self._control.poll(), stopping()
 
     def _act_on(self, request: dict) -> None:
         action, error = request["action"], None
@@ -465,7 +470,8 @@ class Trainer:
                 self.resize(workers=request.get("workers"))
             except ConfigError as e:
                 error = str(e)
-        self._control.reply(request, error)
+        if self._control is not None:            # MPI: rank 0 answers for every rank
+            self._control.reply(request, error)
 
     def slowest_group(self) -> int:
         """The top-level group with the lowest tokens/s in the last step (-1 before any step)."""

@@ -1,14 +1,42 @@
 // The crystalline dashboard, drawn in the browser from the small dicts the kernel sends.
 //
 // Traits (see widget.py): palette (colours and names, from crystalline.viz.style), status,
-// groups, curves (+ curves_recent: the steps since), split, tree_layout, tree, stream, actions,
-// message, errors.
+// groups, curves (+ curves_recent: the steps since), split, tree_layout, tree (+ tree_values),
+// stream (+ stream_intervals), actions, message, errors. tree_values and stream_intervals are
+// binary: packed little-endian records (panels.py TREE_RECORD, STREAM_RECORD), read here.
 // Panels: status line, controls, group load bars (HTML), loss / tokens/s / memory curves
 // (canvas; wheel zooms, drag pans, double-click resets), time split (canvas), the sphere tree
 // (canvas; hover shows a sphere), the task stream (canvas; hover shows an interval).
 // Everything is drawn here: the kernel only sends data. No framework, no network.
 
 const FONT = "12px system-ui, -apple-system, 'Segoe UI', sans-serif";
+
+// The packed records of panels.py: [name, type, byte offset] and the record size.
+const TREE_RECORD = { size: 18, fields: [["tokens_per_s", "f4", 0], ["ratio", "f4", 4], ["bytes", "f8", 8],
+                                         ["phase", "u1", 16], ["slowed", "u1", 17]] };
+const STREAM_RECORD = { size: 16, fields: [["start_ms", "f4", 0], ["end_ms", "f4", 4], ["step", "i4", 8],
+                                           ["row", "u2", 12], ["phase", "u1", 14]] };
+const READ = { f4: (v, at) => v.getFloat32(at, true), f8: (v, at) => v.getFloat64(at, true),
+               i4: (v, at) => v.getInt32(at, true), u2: (v, at) => v.getUint16(at, true),
+               u1: (v, at) => v.getUint8(at) };
+
+// A binary trait (DataView, typed array or ArrayBuffer) as columns; NaN floats become null.
+function unpack(record, value) {
+  const view = value instanceof DataView ? value
+    : value instanceof ArrayBuffer ? new DataView(value)
+    : value && value.buffer ? new DataView(value.buffer, value.byteOffset, value.byteLength) : null;
+  const n = view ? Math.floor(view.byteLength / record.size) : 0;
+  const out = {};
+  for (const [name, type, offset] of record.fields) {
+    const column = new Array(n), read = READ[type];
+    for (let i = 0; i < n; i++) {
+      const x = read(view, i * record.size + offset);
+      column[i] = Number.isNaN(x) ? null : x;
+    }
+    out[name] = column;
+  }
+  return out;
+}
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -218,6 +246,16 @@ function render({ model, el }) {
     if (!cache[name] || cache[name].text !== text) cache[name] = { text, value: JSON.parse(text || "{}") };
     return cache[name].value;
   };
+  // A JSON view joined with its binary columns, decoded once per change of either.
+  const joined = (name, binary, record) => {
+    const meta = get(name), raw = model.get(binary), key = name + "+";
+    if (!cache[key] || cache[key].meta !== meta || cache[key].raw !== raw) {
+      cache[key] = { meta, raw, value: { ...meta, ...unpack(record, raw) } };
+    }
+    return cache[key].value;
+  };
+  const treeData = () => joined("tree", "tree_values", TREE_RECORD);
+  const streamData = () => joined("stream", "stream_intervals", STREAM_RECORD);
   const root = h("div", { class: "crystalline-dashboard" });
   el.append(root);
 
@@ -272,9 +310,9 @@ function render({ model, el }) {
   let treeHits = [];
   const treeCanvas = fluidCanvas(treePanel.body, 300, (ctx, W, H) => {
     ctx.clearRect(0, 0, W, H);
-    const L = get("tree_layout"), T = get("tree");
+    const L = get("tree_layout"), T = treeData();
     treeHits = [];
-    if (!L.id || !T.ratio || T.generation !== L.generation) return;
+    if (!L.id || T.generation !== L.generation || T.ratio.length !== L.id.length) return;
     const [ex0, ex1, ey0, ey1] = L.extent;
     const scale = Math.min(W / (ex1 - ex0), (H - 24) / (ey1 - ey0));
     const cx = W / 2 - ((ex0 + ex1) / 2) * scale, cy = (H - 24) / 2 + ((ey0 + ey1) / 2) * scale;
@@ -342,9 +380,9 @@ function render({ model, el }) {
       if (d <= t.r + 3 && d < bestD) { best = t; bestD = d; }
     }
     if (!best) return hideTip();
-    const L = get("tree_layout"), T = get("tree"), i = best.i;
+    const L = get("tree_layout"), T = treeData(), i = best.i;
     const role = pal.role_labels[L.role[i]] || L.role[i];
-    const phase = pal.phase_labels[T.phase[i]] || T.phase[i];
+    const phase = pal.phase_labels[pal.phases[T.phase[i]]] || "";
     showTip(ev, `<b>${L.label[i]}</b> · sphere ${L.id[i]} · ${role}<br>` +
       `group ${L.group[i] < 0 ? "–" : "g" + L.group[i]} · rank ${L.rank[i]} · level ${L.level[i]}<br>` +
       `${human(T.tokens_per_s[i])} tokens/s` +
@@ -418,7 +456,7 @@ function render({ model, el }) {
   let streamHits = [];
   const streamCanvas = fluidCanvas(streamPanel.body, 200, (ctx, W, H) => {
     ctx.clearRect(0, 0, W, H);
-    const S = get("stream");
+    const S = streamData();
     streamHits = [];
     if (!S.row || !S.row.length) return;
     const ml = 44, mb = 20, n = S.rows.length;
@@ -455,7 +493,7 @@ function render({ model, el }) {
     const mx = ev.clientX - rect.left, my = ev.clientY - rect.top;
     const hit = streamHits.find((t) => mx >= t.x0 - 1 && mx <= t.x1 + 1 && my >= t.y0 && my <= t.y1);
     if (!hit) return hideTip();
-    const S = get("stream"), k = hit.k;
+    const S = streamData(), k = hit.k;
     showTip(ev, `<b>${S.labels[S.row[k]]}</b> · step ${S.step[k]}<br>` +
       `${pal.phase_labels[pal.phases[S.phase[k]]]}: ${(S.end_ms[k] - S.start_ms[k]).toFixed(2)} ms`);
   });
@@ -552,7 +590,8 @@ function render({ model, el }) {
   };
   const handlers = { status: drawStatus, actions: drawActions, message: drawMessage, errors: drawErrors,
                      groups: drawGroups, tree_layout: drawTree, tree: drawTree, split: drawSplit,
-                     curves: drawCurves, curves_recent: drawCurves, stream: drawStream };
+                     tree_values: drawTree, curves: drawCurves, curves_recent: drawCurves,
+                     stream: drawStream, stream_intervals: drawStream };
   for (const [name, fn] of Object.entries(handlers)) model.on("change:" + name, fn);
   const onResize = () => drawAll();
   const drawAll = () => Object.values(handlers).forEach((fn) => fn());

@@ -25,7 +25,8 @@ from crystalline.viz.style import (LOAD_LOW, LOAD_STRAGGLER, PHASES, TIME_COLUMN
                                    sphere_label)
 
 GROUPS = 12
-PHASE_INDEX = {p: i for i, p in enumerate(PHASES)}
+PHASE_NAMES_SORTED = np.array(sorted(PHASES))                    # phase name -> index, vectorised
+PHASE_OF_SORTED = np.array([PHASES.index(p) for p in PHASE_NAMES_SORTED])
 NOISE = 0.05        # a group is "slowest" only when it runs this far below the median group
 
 
@@ -82,9 +83,10 @@ def slowest_group(load: dict, noise: float = NOISE) -> int:
     working = np.flatnonzero(load["active"] & (load["tokens_per_s"] > 0))
     if len(working) < 2:
         return -1
-    tps = load["tokens_per_s"][working]
-    slowest = int(np.argmin(tps))
-    return int(working[slowest]) if tps[slowest] < (1 - noise) * float(np.median(tps)) else -1
+    tps = np.sort(load["tokens_per_s"][working])
+    median = 0.5 * float(tps[(len(tps) - 1) // 2] + tps[len(tps) // 2])
+    slowest = int(np.argmin(load["tokens_per_s"][working]))
+    return int(working[slowest]) if tps[0] < (1 - noise) * median else -1
 
 
 # ---------------------------------------------------------------------- time split
@@ -198,18 +200,21 @@ def task_stream(timeline: dict, snap: dict, steps: int = 5, before: int | None =
     """The last `steps` steps of a phase timeline (those < `before`, if given) as Gantt rows.
 
     timeline: equal-length arrays sphere, rank, step, phase (names of style.PHASES), start, end
-    (seconds); the in-flight step is left out by passing before=steps done. Returns rows (snapshot rows: per rank Node Zero, controls, workers), labels,
-    t0 (seconds), and per interval: row, phase (index into PHASES), step, start_ms, end_ms
-    (from t0, to 0.1 ms); and waited_for: per step, the sphere that reached Point B last (everyone else
-    waited for it) with how long the first arrival waited, in ms.
+    (seconds); the in-flight step is left out by passing before=steps done. Returns rows
+    (snapshot rows: per rank Node Zero, controls, workers), labels, t0 (seconds); per interval,
+    arrays row (index into rows), phase (index into PHASES), step, start_ms, end_ms (from t0);
+    and waited_for: per step, the sphere that reached Point B last (everyone else waited for it)
+    with how long the first arrival waited, in ms.
     """
     order = [int(i) for i in sphere_order(snap)]
     labels = sphere_labels(snap)
     spheres = 1 + int(np.max(snap["sphere_id"], initial=0))
     keys = ranks_of(snap) * spheres + np.asarray(snap["sphere_id"])     # (rank, id) -> one int
     by_key = np.argsort(keys)
-    empty = {"rows": order, "labels": [labels[i] for i in order], "t0": 0.0, "row": [],
-             "phase": [], "step": [], "start_ms": [], "end_ms": [], "waited_for": []}
+    none = np.zeros(0, dtype=np.int64)
+    empty = {"rows": order, "labels": [labels[i] for i in order], "t0": 0.0, "row": none,
+             "phase": none, "step": none, "start_ms": none.astype(float), "end_ms": none.astype(float),
+             "waited_for": []}
     if timeline is None or not len(timeline.get("step", ())):
         return empty
     step = np.asarray(timeline["step"], dtype=np.int64)
@@ -242,10 +247,10 @@ def task_stream(timeline: dict, snap: dict, steps: int = 5, before: int | None =
             waited_for.append({"step": int(s), "sphere": int(snap_row[at_b][last]),
                                "label": labels[int(snap_row[at_b][last])],
                                "ms": round(1e3 * float(arrivals.max() - arrivals.min()), 1)})
+    phase_index = np.searchsorted(PHASE_NAMES_SORTED, phase)
     return {"rows": order, "labels": [labels[i] for i in order], "t0": t0,
-            "row": display_row[snap_row].tolist(),
-            "phase": [PHASE_INDEX.get(p, 0) for p in phase.tolist()],
-            "step": step.tolist(),
-            "start_ms": np.round(1e3 * (start - t0), 1).tolist(),
-            "end_ms": np.round(1e3 * (end - t0), 1).tolist(),
+            "row": display_row[snap_row],
+            "phase": np.where(PHASE_NAMES_SORTED[np.minimum(phase_index, len(PHASES) - 1)] == phase,
+                              PHASE_OF_SORTED[np.minimum(phase_index, len(PHASES) - 1)], 0),
+            "step": step, "start_ms": 1e3 * (start - t0), "end_ms": 1e3 * (end - t0),
             "waited_for": waited_for}

@@ -3,14 +3,18 @@
     panel = GroupLoadPanel()
     changed = panel.update(pull)        # pull: crystalline.viz.dashboard.sources.Pull
     panel.data                          # what the browser receives (a few KB at most)
+    panel.extra                         # other traits this pull changed: {trait: dict or bytes}
 
 A panel never changes the source and never draws: the ES module (dashboard.js) draws `data`
-in the browser. `note` is set only while a panel has nothing to show, and says why.
+in the browser. `note` is set only while a panel has nothing to show, and says why. Per-sphere
+and per-interval columns travel as packed little-endian records (TREE_RECORD, STREAM_RECORD:
+binary buffers, no JSON); `unpack` turns them back into columns.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
 import numpy as np
 
@@ -18,12 +22,50 @@ from crystalline.viz.dashboard import data as D
 from crystalline.viz.style import TIME_COLUMNS, plural
 
 
-def _round(values, digits: int = 4) -> list:
-    """Floats for JSON: a few significant digits, None for NaN / inf."""
-    out = []
-    for v in np.asarray(values, dtype=float).tolist():
-        out.append(float(f"{v:.{digits}g}") if np.isfinite(v) else None)
+# Packed records the browser reads with a DataView (dashboard.js: treeValues, streamIntervals).
+TREE_RECORD = np.dtype([("tokens_per_s", "<f4"), ("ratio", "<f4"), ("bytes", "<f8"),
+                        ("phase", "u1"), ("slowed", "u1")])            # per sphere, 18 bytes
+STREAM_RECORD = np.dtype([("start_ms", "<f4"), ("end_ms", "<f4"), ("step", "<i4"),
+                          ("row", "<u2"), ("phase", "u1"), ("pad", "u1")])   # per interval, 16 bytes
+
+
+def pack(record: np.dtype, **columns) -> bytes:
+    """Equal-length columns as packed records (the missing `pad` field left zero)."""
+    n = len(next(iter(columns.values())))
+    out = np.zeros(n, dtype=record)
+    for name, values in columns.items():
+        out[name] = values
+    return out.tobytes()
+
+
+def unpack(record: np.dtype, data: bytes) -> dict[str, list]:
+    """Packed records back into columns (lists; float32 NaN as None): what the browser reads."""
+    rows = np.frombuffer(data, dtype=record)
+    out = {}
+    for name in record.names:
+        if name != "pad":
+            values = rows[name].tolist()
+            out[name] = [None if v != v else v for v in values] if rows[name].dtype.kind == "f" else values
     return out
+
+
+def _round(values, digits: int = 4) -> list:
+    """Floats for JSON (any shape): a few significant digits, None for NaN / inf."""
+    v = np.asarray(values, dtype=float)
+    finite = np.isfinite(v)
+    magnitude = np.floor(np.log10(np.abs(np.where(finite & (v != 0), v, 1.0))))
+    scale = 10.0 ** (digits - 1 - magnitude)
+    rounded = np.where(finite, np.round(np.where(finite, v, 0.0) * scale) / scale, np.nan)
+    out = rounded.astype(object)
+    out[~finite] = None
+    return out.tolist()
+
+
+def group_load(pull) -> dict:
+    """data.group_load of the pull's snapshot, computed once for all panels."""
+    if "group_load" not in pull.shared:
+        pull.shared["group_load"] = D.group_load(pull.snapshot)
+    return pull.shared["group_load"]
 
 
 def slowed_spheres(snap: dict) -> list[bool]:
@@ -43,6 +85,7 @@ class Panel:
         self.extra: dict = {}           # other traits it feeds: {trait name: data}
 
     def update(self, pull) -> bool:
+        self.extra = {}
         new = self.compute(pull)
         if new is None or new == self.data:
             return False
@@ -71,7 +114,7 @@ class StatusPanel(Panel):
         for r in pull.records:
             if D.finite(r.get("val_loss")) is not None:
                 self._val_loss = D.finite(r["val_loss"])
-        slowest = D.slowest_group(D.group_load(pull.snapshot))
+        slowest = D.slowest_group(group_load(pull))
         last = self._last or {}
         return {**self.describe(), "state": pull.state, "step": pull.steps,
                 "loss": D.finite(last.get("loss")), "val_loss": self._val_loss,
@@ -88,7 +131,7 @@ class GroupLoadPanel(Panel):
     name = "groups"
 
     def compute(self, pull):
-        load = D.group_load(pull.snapshot)
+        load = group_load(pull)
         started = bool(load["tokens_per_s"].sum() > 0)
         return {"tokens_per_s": _round(load["tokens_per_s"]), "share": _round(load["share"]),
                 "fair_share": load["fair_share"], "active": load["active"].tolist(),
@@ -115,13 +158,15 @@ class CurvesPanel(Panel):
         self._columns = {k: deque(maxlen=history) for k in self.KEYS}
         self._val = {k: deque(maxlen=history) for k in ("step", "loss")}
         self._previous = None
-        self._recent = 0                 # points appended since `data` was built
+        self._recent = None              # points appended since `data` was built (None: no pull yet)
         self.points, self.tail, self.rebase = points, tail, rebase
         self.data = self._payload(self._columns, self._val, 0)
-        self.extra = {"curves_recent": self._payload({k: [] for k in self.KEYS},
-                                                     {"step": [], "loss": []}, 0)}
 
     def compute(self, pull):
+        if self._recent is None:                  # the first pull: no recent steps yet
+            self._recent = 0
+            self.extra["curves_recent"] = self._payload({k: [] for k in self.KEYS},
+                                                        {"step": [], "loss": []}, pull.steps)
         if not pull.records:
             return None if self.data["note"] == "" or not pull.steps else \
                 self._payload(self._columns, self._val, pull.steps)
@@ -141,7 +186,7 @@ class CurvesPanel(Panel):
                                                          {"step": [], "loss": []}, pull.steps)}
             return self._payload(self._columns, self._val, pull.steps)
         first = self.data["step"][-1]
-        recent = {k: list(self._columns[k])[-self._recent:] for k in self.KEYS}
+        recent = {k: list(islice(reversed(self._columns[k]), self._recent))[::-1] for k in self.KEYS}
         val = {k: [v for s, v in zip(self._val["step"], self._val[k]) if s > first]
                for k in ("step", "loss")}
         self.extra = {"curves_recent": self._payload(recent, val, pull.steps)}
@@ -197,15 +242,16 @@ class TimeSplitPanel(Panel):
         labels = D.sphere_labels(snap)
         slowed = slowed_spheres(snap)
         ms = np.stack([seconds[c] for c in TIME_COLUMNS], axis=1)[order] * 1e3
-        return {"labels": [labels[i] for i in order], "ms": [_round(row, 3) for row in ms],
+        return {"labels": [labels[i] for i in order], "ms": _round(ms, 3),
                 "steps": steps, "slowed": [slowed[i] for i in order],
                 "groups": [int(snap["group"][i]) for i in order], "note": ""}
 
 
 class TreePanel(Panel):
-    """The sphere tree: `extra["tree_layout"]` (positions and the sphere table, re-sent only on
-    a new tree) and `data` (per sphere: tokens/s, its ratio to the fair share for the anchored colour scale,
-    bytes, the phase it is in, slowed)."""
+    """The sphere tree: `extra["tree_layout"]` (positions and the sphere table, sent only for a
+    new tree) and `extra["tree_values"]` (per sphere, TREE_RECORD: tokens/s, its ratio to the
+    fair share for the anchored colour scale, bytes, the phase it is in, slowed); `data` names
+    the tree the values belong to."""
 
     name = "tree"
 
@@ -219,18 +265,20 @@ class TreePanel(Panel):
             return None                     # caught mid-resize: the next pull sees the new tree
         if pull.generation != self._generation:
             self._generation = pull.generation
-            self.extra = {"tree_layout": {**D.cluster_tree_layout(pull.hierarchies),
-                                          "generation": str(pull.generation)}}
-        return {"generation": str(pull.generation),
-                "tokens_per_s": _round(snap["tokens_per_s"]),
-                "ratio": _round(D.throughput_ratio(snap), 3),
-                "bytes": [int(b) for b in snap["bytes"]],
-                "phase": D.phase_names(snap), "slowed": slowed_spheres(snap)}
+            self.extra["tree_layout"] = {**D.cluster_tree_layout(pull.hierarchies),
+                                         "generation": str(pull.generation)}
+        phase = np.asarray(snap["phase"], dtype=float)
+        self.extra["tree_values"] = pack(
+            TREE_RECORD, tokens_per_s=snap["tokens_per_s"], ratio=D.throughput_ratio(snap),
+            bytes=snap["bytes"], phase=np.where((phase >= 0) & (phase < len(D.PHASES)), phase, 0),
+            slowed=slowed_spheres(snap))
+        return {"generation": str(pull.generation), "spheres": len(snap["role"])}
 
 
 class TaskStreamPanel(Panel):
     """The task stream: per sphere, its phase intervals over the last `steps` completed steps
-    (read and re-sent once per step, not at every refresh)."""
+    (read and sent once per step, not at every refresh): `data` the rows, labels and who Point B
+    waited for; `extra["stream_intervals"]` the intervals (STREAM_RECORD, binary)."""
 
     name = "stream"
 
@@ -238,7 +286,7 @@ class TaskStreamPanel(Panel):
         super().__init__()
         self.steps = steps
         self._seen = None
-        self.data = {"rows": [], "note": "waiting for the first step"}
+        self.data = {"rows": [], "intervals": 0, "note": "waiting for the first step"}
 
     def compute(self, pull):
         seen = (pull.steps, pull.generation)
@@ -249,7 +297,11 @@ class TaskStreamPanel(Panel):
             raise timeline
         self._seen = seen
         stream = D.task_stream(timeline, pull.snapshot, self.steps, before=pull.steps)
-        stream["note"] = "" if stream["row"] else (
+        self.extra["stream_intervals"] = pack(
+            STREAM_RECORD, start_ms=stream.pop("start_ms"), end_ms=stream.pop("end_ms"),
+            step=stream.pop("step"), row=stream.pop("row"), phase=stream.pop("phase"))
+        stream["intervals"] = len(self.extra["stream_intervals"]) // STREAM_RECORD.itemsize
+        stream["note"] = "" if stream["intervals"] else (
             "no phase timeline yet" if pull.steps else "waiting for the first step")
         stream["t0"] = round(stream["t0"], 3)
         return stream

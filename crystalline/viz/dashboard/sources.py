@@ -2,6 +2,7 @@
 
     source = as_source(trainer_or_run_or_path)
     pull = source.pull(cursor, last_steps=5)    # Pull: snapshot, new records, timeline, state
+    cursor = pull.cursor                        # (opaque; None: from the first record)
     source.actions()                            # the controls that can act now
     source.act("pause") / source.act("resize", workers=12)
 
@@ -25,7 +26,7 @@ class Pull:
     timeline of the last steps, the run state and step count, and the tree (changes on resize)."""
     snapshot: dict
     records: list
-    cursor: int
+    cursor: object              # where the next pull's records start (a count, or a step)
     read_timeline: object       # () -> the phase timeline, read on first call (an Exception
                                 #   instance if reading failed); the task stream calls it
     state: str
@@ -34,7 +35,7 @@ class Pull:
     generation: object
     hierarchies: list           # the tree of each rank (one for a Trainer)
     error: str | None = None
-    extra: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict)   # what several panels compute from this pull, once
 
 
 def parse_workers(value) -> int:
@@ -83,7 +84,7 @@ class TrainerSource:
                 "detail": f"{tr.model.num_parameters:,} parameters · batch "
                           f"{tr.train_cfg.batch_size} × {tr.model_cfg.block_size} tokens · in this kernel"}
 
-    def pull(self, cursor: int, last_steps: int) -> Pull:
+    def pull(self, cursor: int | None, last_steps: int) -> Pull:
         tr = self.trainer
         stats = tr.stats                            # replaced by resize: read it once, fresh
         if stats is not self._stats:
@@ -91,7 +92,7 @@ class TrainerSource:
             self._generation += 1
         hierarchy = tr.hierarchy
         snapshot = stats.snapshot()
-        records, cursor = tr.history.since(cursor)
+        records, cursor = tr.history.since(cursor or 0)
         timeline = timeline_reader(tr, last_steps)
         error = tr.driver_error
         return Pull(snapshot, records, cursor, timeline, tr.state, tr.steps_done, tr.workers,
@@ -130,41 +131,55 @@ class TrainerSource:
 
 
 class RunSource:
-    """A run folder (crystalline.open_run): a CLI or MPI run, live, or finished (replay)."""
+    """A run folder (crystalline.open_run): a CLI or MPI run, live, or finished (replay).
+
+    A pull parses only the metrics.jsonl lines appended since the last one (`cursor` is the last
+    step seen; a resumed run, written by a new process, is read again from its start) and
+    rebuilds the trees only when their shape changes."""
 
     kind = "run folder"
 
     def __init__(self, run):
         self.run = run
-        self._history: list = []
+        self._started = None          # the writing process seen by the last pull
+        self._steps = 0
+        self._shape = self._hierarchies = None
+        self._alive = run.alive
 
     def describe(self) -> dict:
         path = Path(self.run.path)
         return {"title": f"crystalline: {path.name}", "kind": self.kind,
-                "detail": f"{path} · {'live' if self.run.alive else 'finished: replay'}"}
+                "detail": f"{path} · {'live' if self._alive else 'finished: replay'}"}
 
-    def pull(self, cursor: int, last_steps: int) -> Pull:
+    def pull(self, cursor: int | None, last_steps: int) -> Pull:
         run = self.run
+        started = run.started
+        if started != self._started:               # a new process (resumed): read from the start
+            self._started, cursor, self._steps = started, None, 0
         snapshot = run.snapshot()
-        history = run.history()
-        records = history[cursor:] if cursor <= len(history) else history
-        timeline = timeline_reader(run, last_steps)
-        hierarchies = run.hierarchies
+        records = run.history(since=cursor)
+        if records:
+            cursor = records[-1]["step"]
+            self._steps = max(self._steps, cursor + 1)
+        shape = hash((snapshot["parent"].tobytes(), snapshot["rank"].tobytes()))
+        if shape != self._shape:
+            hierarchies = run.hierarchies
+            consistent = sum(len(h) for h in hierarchies) == len(snapshot["parent"])
+            self._shape, self._hierarchies = (shape if consistent else None), hierarchies
+        self._alive = run.alive
         workers = int((snapshot["role"] == "worker").sum())
-        state = run.state
-        steps = max(int(snapshot.get("step", 0)), int(history[-1]["step"]) + 1 if history else 0)
-        generation = hash((snapshot["parent"].tobytes(), snapshot["rank"].tobytes()))   # the shape
-        return Pull(snapshot, records, len(history), timeline, state, steps, workers, generation,
-                    hierarchies)
+        steps = max(int(snapshot.get("step", 0)), self._steps)
+        return Pull(snapshot, records, cursor, timeline_reader(run, last_steps), run.state, steps,
+                    workers, shape, self._hierarchies)
 
     @property
     def ended(self) -> bool:
-        """The writing process has ended: a last pull shows everything there is."""
-        return not self.run.alive
+        """The writing process had ended at the last pull: that pull showed everything there is."""
+        return not self._alive
 
     def actions(self) -> list[str]:
         run = self.run
-        if not (run.alive and run.controllable):
+        if not (self._alive and run.controllable):
             return []
         return {"running": ["pause", "stop", "resize"],
                 "paused": ["resume", "stop", "resize"]}.get(run.state, [])
