@@ -111,7 +111,7 @@ def sweep(rows, repeats, steps, runners=RUNNERS):
           f"{repeats} rounds x {len(runners)} runners per shape, {steps} timed steps each")
     header = (f"{'C, L, NH (hs), T, B':26s} {'ours tok/s':>10s} " +
               " ".join(f"{'vs ' + r:>10s}" for r in runners if r != "ours") +
-              f" {'RSS ours / fp32 / bf16 / compile MiB':>38s}")
+              f" {'peak RSS MiB ' + ' / '.join(runners):>38s}")
     print(header, flush=True)
     for row in rows:
         C, L, NH, T, B = ROWS[row]

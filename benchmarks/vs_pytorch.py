@@ -1,7 +1,7 @@
 """crystalline against PyTorch on cllm-4.5m, and both against this machine's GEMM rate.
 
     timeout 900 python benchmarks/vs_pytorch.py [--rounds 5] [--steps 2] [--skip compile,scale]
-    timeout 5400 python benchmarks/vs_pytorch.py --sweep [--repeats 3] [--steps 2] [--rows 0,1]
+    timeout 5400 python benchmarks/vs_pytorch.py --sweep [--repeats 3] [--steps 2] [--rows 0,1] [--runners ours,fp32]
 
 Prints, all measured in this one run:
   * sgemm GFLOP/s at the model's shapes (every product of one layer's forward and backward plus
@@ -251,10 +251,12 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="the shape sweep of issue #17 instead")
     ap.add_argument("--repeats", type=int, default=3, help="--sweep: rounds over the runners")
     ap.add_argument("--rows", default="0,1,2,3,4,5", help="--sweep: which shapes (0-5)")
+    ap.add_argument("--runners", default="ours,fp32,bf16,compile", help="--sweep: which runners")
     args = ap.parse_args()
     if args.sweep:
         from sweep import sweep
-        return sweep([int(r) for r in args.rows.split(",")], args.repeats, max(args.steps, 1))
+        return sweep([int(r) for r in args.rows.split(",")], args.repeats, max(args.steps, 1),
+                     tuple(args.runners.split(",")))
     skip = set(filter(None, args.skip.split(",")))
     import torch  # noqa: F401  (load its libraries before threadpoolctl looks)
     cfg, _ = preset("cllm-4.5m")
