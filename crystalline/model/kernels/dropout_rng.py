@@ -18,6 +18,8 @@ attention probabilities). dropout_mask() returns a whole mask, for tests and ref
 import numpy as np
 from numba import njit
 
+from crystalline.config import FASTMATH
+
 SITE_EMBEDDING = 0   # after token + position embedding, (T, C)
 SITE_ATTENTION = 1   # attention probabilities, (NH, T, T)
 SITE_ATTN_OUT = 2    # the attention branch before the residual add, (T, C)
@@ -28,7 +30,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
 def mix64(x):
     """SplitMix64's finaliser: a bijection of uint64 whose output bits each depend on all input
     bits."""
@@ -37,7 +39,7 @@ def mix64(x):
     return x ^ (x >> np.uint64(31))
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def stream_key(seed, step, seq, layer, site):
     """uint64 key of one (seed, step, sequence, layer, site) stream; all arguments are ints >= 0."""
     k = mix64(np.uint64(seed) + _GAMMA)
@@ -47,20 +49,20 @@ def stream_key(seed, step, seq, layer, site):
     return mix64(k ^ (np.uint64(site) + _GAMMA))
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def keep_threshold(p):
     """The uint64 that keep() compares against for drop probability p (0 <= p < 1)."""
     return np.uint64(np.floor(p * 4294967296.0))
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
 def keep(key, pos, threshold):
     """Whether element `pos` of the stream `key` is kept: its 32 high hash bits, read as a
     uniform integer in [0, 2^32), are >= threshold (probability 1 - p)."""
     return (mix64(key ^ (np.uint64(pos) * _GAMMA)) >> np.uint64(32)) >= threshold
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def dropout_mask(seed, step, seq, layer, site, n, p):
     """(n,) bool: keep() of positions 0..n-1 of one stream, for tests and references."""
     key = stream_key(seed, step, seq, layer, site)
