@@ -10,7 +10,6 @@ import pytest
 
 import reference as ref
 from crystalline.model.kernels.adamw import adamw_step
-from crystalline.model.kernels.attention import attention_backward, attention_forward, tiled
 from crystalline.model.kernels.clip import grad_norm, scale_
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward
 from crystalline.model.kernels.encoder import encoder_backward, encoder_forward
@@ -97,23 +96,6 @@ def test_matmul(bias):
         close(db, fd_grad(lambda v: (ref.matmul(d(x), d(w), v) * dout).sum(), b))
 
 
-@pytest.mark.parametrize("T_, C_, NH", [(3, 4, 2), (7, 8, 2), (5, 6, 1)])
-def test_attention(T_, C_, NH):
-    qkv, dout = f32(B, T_, 3 * C_), f32(B, T_, C_)
-    out = np.zeros((B * T_, C_), np.float32)
-    att = np.full((B, NH, T_, T_), np.nan, np.float32)    # every entry must be written
-    attention_forward(out, att, qkv.reshape(B * T_, 3 * C_), B, T_, C_, NH)
-    y, p = ref.attention(d(qkv), NH)
-    np.testing.assert_allclose(out, y.reshape(B * T_, C_), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(att, p, rtol=1e-5, atol=1e-7)
-    dqkv = np.zeros((B * T_, 3 * C_), np.float32)
-    datt = np.full((T_, T_), np.nan, np.float32)          # scratch: contents irrelevant
-    attention_backward(dqkv, datt, dout.reshape(B * T_, C_), qkv.reshape(B * T_, 3 * C_), att,
-                       B, T_, C_, NH)
-    close(dqkv.reshape(B, T_, 3 * C_),
-          fd_grad(lambda v: (ref.attention(v, NH)[0] * dout).sum(), qkv))
-
-
 def test_tanh_rational_matches_numpy():
     x = np.concatenate([np.linspace(-12, 12, 200001), [0.0, 1e-8, -1e-8, 1e-3, 20.0, -20.0]])
     got = np.array([tanh_rational(v) for v in x[::97]])
@@ -150,21 +132,6 @@ def test_matmul_backward_overwriting_dinp():
     matmul_backward(dx, dw, db, dout, x, w, N, C, OC, 0.0)
     close(dx, fd_grad(lambda v: (ref.matmul(v, d(w), d(b)) * dout).sum(), x))
     close(dw, fd_grad(lambda v: (ref.matmul(d(x), v, d(b)) * dout).sum(), w))
-
-
-@pytest.mark.parametrize("T_", [3, 33, 70])
-def test_attention_backward_overwriting_dqkv(T_):
-    C_, NH = 8, 2
-    qkv, dout = f32(B, T_, 3 * C_), f32(B, T_, C_)
-    out, att = np.zeros((B * T_, C_), np.float32), np.zeros((B, NH, T_, T_), np.float32)
-    attention_forward(out, att, qkv.reshape(-1, 3 * C_), B, T_, C_, NH)
-    accumulated = np.zeros((B * T_, 3 * C_), np.float32)
-    attention_backward(accumulated, np.zeros((T_, T_), np.float32), dout.reshape(-1, C_),
-                       qkv.reshape(-1, 3 * C_), att, B, T_, C_, NH)
-    overwritten = np.full((B * T_, 3 * C_), np.nan, np.float32)
-    attention_backward(overwritten, np.zeros((T_, T_), np.float32), dout.reshape(-1, C_),
-                       qkv.reshape(-1, 3 * C_), att, B, T_, C_, NH, False)
-    np.testing.assert_allclose(overwritten, accumulated, rtol=1e-5, atol=1e-7)
 
 
 def test_residual():
@@ -236,28 +203,6 @@ def test_exp_nonpos_matches_numpy():
     np.testing.assert_allclose(got[-3:], np.exp(-80.0), rtol=1e-9)
 
 
-@pytest.mark.parametrize("T_", [1, 31, 32, 33, 70])
-def test_attention_tiles(T_):
-    """Sequence lengths around the query tile size (32) against the reference."""
-    C_, NH = 8, 2
-    qkv, dout = f32(2, T_, 3 * C_), f32(2, T_, C_)
-    out, att = np.zeros((2 * T_, C_), np.float32), np.full((2, NH, T_, T_), np.nan, np.float32)
-    attention_forward(out, att, qkv.reshape(-1, 3 * C_), 2, T_, C_, NH)
-    y, p = ref.attention(d(qkv), NH)
-    np.testing.assert_allclose(out, y.reshape(-1, C_), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(att, p, rtol=1e-4, atol=1e-6)
-    dqkv = np.zeros((2 * T_, 3 * C_), np.float32)
-    attention_backward(dqkv, np.full((T_, T_), np.nan, np.float32), dout.reshape(-1, C_),
-                       qkv.reshape(-1, 3 * C_), att, 2, T_, C_, NH)
-    # analytic gradient of sum(y * dout) through the float64 reference, by autodiff-free check:
-    # compare against a float64 directional derivative along a random direction
-    dirn = rng.standard_normal(qkv.shape)
-    h = 1e-6
-    fd = ((ref.attention(d(qkv) + h * dirn, NH)[0] * dout).sum()
-          - (ref.attention(d(qkv) - h * dirn, NH)[0] * dout).sum()) / (2 * h)
-    assert (dqkv.reshape(qkv.shape) * dirn).sum() == pytest.approx(fd, rel=1e-4, abs=1e-5)
-
-
 @pytest.mark.parametrize("n", [1, 15, 16, 17, 100, 256])
 def test_simd_reductions_and_exp32(n):
     """simd.py's vector reductions against float64 NumPy, at offsets inside a 2-D array."""
@@ -290,44 +235,6 @@ def test_matmul_backward_overwriting_dweight():
     matmul_backward(dx, dw, db, dout, x, w, N, C, OC, 1.0, 0.0)
     close(dw, fd_grad(lambda v: (ref.matmul(d(x), v, d(b)) * dout).sum(), w))
     close(dx, fd_grad(lambda v: (ref.matmul(v, d(w), d(b)) * dout).sum(), x))
-
-
-@pytest.mark.parametrize("T_, C_, NH", [(16, 32, 2), (48, 32, 2), (32, 64, 2), (64, 64, 2)])
-def test_attention_on_register_tiles(T_, C_, NH):
-    """Head size 16 and 32 at T a multiple of 16 (the tiled path) against the float64 reference,
-    with NaN in every scratch so a read before a write shows; overwriting dqkv equals adding."""
-    assert tiled(T_, C_ // NH)
-    qkv, dout = f32(2, T_, 3 * C_), f32(2, T_, C_)
-    x, dy = qkv.reshape(-1, 3 * C_), dout.reshape(-1, C_)
-    out, att = np.zeros((2 * T_, C_), np.float32), np.full((2, NH, T_, T_), np.nan, np.float32)
-    scratch = np.full(4 * C_ * T_, np.nan, np.float32)
-    attention_forward(out, att, x, 2, T_, C_, NH, scratch)
-    y, p = ref.attention(d(qkv), NH)
-    np.testing.assert_allclose(out, y.reshape(-1, C_), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(att, p, rtol=1e-4, atol=1e-6)
-    dqkv = np.zeros((2 * T_, 3 * C_), np.float32)
-    attention_backward(dqkv, np.full((T_, T_), np.nan, np.float32), dy, x, att, 2, T_, C_, NH,
-                       True, scratch)
-    dirn = rng.standard_normal(qkv.shape)
-    h = 1e-6
-    fd = ((ref.attention(d(qkv) + h * dirn, NH)[0] * dout).sum()
-          - (ref.attention(d(qkv) - h * dirn, NH)[0] * dout).sum()) / (2 * h)
-    assert (dqkv.reshape(qkv.shape) * dirn).sum() == pytest.approx(fd, rel=1e-4, abs=1e-5)
-    overwritten = np.full_like(dqkv, np.nan)
-    attention_backward(overwritten, np.zeros((T_, T_), np.float32), dy, x, att, 2, T_, C_, NH,
-                       False, scratch)
-    np.testing.assert_allclose(overwritten, dqkv, rtol=1e-5, atol=1e-7)
-
-
-def test_attention_refuses_a_scratch_smaller_than_c_times_t():
-    T_, C_, NH = 32, 32, 2
-    qkv, att = f32(T_, 3 * C_), np.zeros((1, NH, T_, T_), np.float32)
-    with pytest.raises(ValueError, match="4 \\* C \\* T"):
-        attention_forward(np.zeros((T_, C_), np.float32), att, qkv, 1, T_, C_, NH,
-                          np.zeros(4 * C_ * T_ - 1, np.float32))
-    with pytest.raises(ValueError, match="4 \\* C \\* T"):
-        attention_backward(np.zeros_like(qkv), np.zeros((T_, T_), np.float32), f32(T_, C_), qkv,
-                           att, 1, T_, C_, NH, True, np.zeros(C_ // NH * T_, np.float32))
 
 
 @pytest.mark.parametrize("provider", ["bound", "numba shim"])
@@ -498,20 +405,3 @@ def test_adamw_at_vector_widths(n):
         rp, rm, rv = ref.adamw(rp, d(g), rm, rv, d(mask), 1e-2, 0.9, 0.95, 1e-8, 0.5, t)
     np.testing.assert_allclose(p, rp, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v, rv, rtol=1e-5, atol=1e-9)
-
-
-@pytest.mark.parametrize("T_, C_, NH", [(5, 16, 1), (6, 19, 1), (4, 48, 3), (9, 48, 2)])
-def test_attention_blas_path_at_vector_widths(T_, C_, NH):
-    """Head sizes 16, 19, 16 and 24 on the BLAS path (T not a multiple of 16), full finite
-    differences of dqkv."""
-    assert not tiled(T_, C_ // NH)
-    qkv, dout = f32(B, T_, 3 * C_), f32(B, T_, C_)
-    out, att = np.zeros((B * T_, C_), np.float32), np.full((B, NH, T_, T_), np.nan, np.float32)
-    attention_forward(out, att, qkv.reshape(B * T_, 3 * C_), B, T_, C_, NH)
-    y, p = ref.attention(d(qkv), NH)
-    np.testing.assert_allclose(out, y.reshape(B * T_, C_), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(att, p, rtol=1e-5, atol=1e-7)
-    dqkv = np.zeros((B * T_, 3 * C_), np.float32)
-    attention_backward(dqkv, np.full((T_, T_), np.nan, np.float32), dout.reshape(B * T_, C_),
-                       qkv.reshape(B * T_, 3 * C_), att, B, T_, C_, NH)
-    close(dqkv.reshape(B, T_, 3 * C_), fd_grad(lambda v: (ref.attention(v, NH)[0] * dout).sum(), qkv))

@@ -15,16 +15,20 @@ from crystalline.errors import ConfigError
 from crystalline.model.gpt import GPT
 from crystalline.model.kernels.adamw import adamw_step
 from crystalline.model.kernels.clip import grad_norm, scale_
-from crystalline.model.kernels.attention import tiled
 from crystalline.model.layout import ALIGN
 
 MICRO = ModelConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
-# Whole-model finite differences on each attention path: (config, batch, takes the register tiles).
+# Whole-model finite differences at every head size the attention's tiles are built for (16, 32,
+# 64, 128) and at the padded ones (4, 48): (config, batch). T not a multiple of 16 or 4 checks the
+# tails, T = 16 and 32 whole tiles.
 FD_PATHS = {
-    "blas-hs4": (MICRO, 2, False),
-    "blas-hs16-T8": (ModelConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=32), 2, False),
-    "tile-hs16": (ModelConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=32), 2, True),
-    "tile-hs32": (ModelConfig(vocab_size=13, block_size=32, n_layer=1, n_head=1, n_embd=32), 1, True),
+    "hs4-T6": (MICRO, 2),
+    "hs16-T8": (ModelConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=32), 2),
+    "hs16-T16": (ModelConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=32), 2),
+    "hs32-T32": (ModelConfig(vocab_size=13, block_size=32, n_layer=1, n_head=1, n_embd=32), 1),
+    "hs48-T7": (ModelConfig(vocab_size=13, block_size=7, n_layer=1, n_head=2, n_embd=96), 2),
+    "hs64-T13": (ModelConfig(vocab_size=13, block_size=13, n_layer=1, n_head=2, n_embd=128), 2),
+    "hs128-T9": (ModelConfig(vocab_size=13, block_size=9, n_layer=1, n_head=1, n_embd=128), 2),
 }
 DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")     # the README's list
 TINY = ModelConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)
@@ -71,8 +75,7 @@ def test_layout_and_init():
 
 @pytest.mark.parametrize("path", FD_PATHS)
 def test_loss_matches_reference_and_grad_matches_finite_differences(path):
-    cfg, B, is_tiled = FD_PATHS[path]
-    assert tiled(cfg.block_size, cfg.n_embd // cfg.n_head) == is_tiled
+    cfg, B = FD_PATHS[path]
     model = jiggled(cfg)
     idx, targets = batch(cfg, B, cfg.block_size)
     loss = model.forward(idx, targets)
@@ -256,7 +259,7 @@ def test_workspace_views_share_memory_for_partial_batches():
 def test_buffers_hold_exactly_what_the_model_needs():
     """No tensor larger than its shape needs and no gap beyond 64-byte alignment: the first
     tensor starts at 0, each next one at the first aligned offset after the last, and the MLP's
-    and attention's activations have the sizes the model reads (4C per token, 4 C T scratch)."""
+    and attention's activations have the sizes the model reads (4C per token, scratch linear in T)."""
     model = GPT(TINY, seed=0)
     ws = model.workspace(3)
     C, T, L, N = TINY.n_embd, TINY.block_size, TINY.n_layer, 3 * TINY.block_size
@@ -268,4 +271,9 @@ def test_buffers_hold_exactly_what_the_model_needs():
         assert total == -(-end // ALIGN) * ALIGN
     assert ws.a["fch"].shape == ws.a["fch_gelu"].shape == (L, N, 4 * C)
     assert ws.a["dfch"].shape == ws.a["dfch_gelu"].shape == (N, 4 * C)
-    assert ws.a["att_scratch"].shape == (4 * C * T,)
+    hs = C // TINY.n_head          # 16, T = 32: both already multiples of 16
+    # attention: one row of log-sum-exp per query and head, no T x T matrix; its scratch holds
+    # seven packed (T, hs) copies of one head, two 64 x T blocks of P and dS, D and a 4 x hs tile
+    assert ws.a["lse"].shape == (L, 3 * TINY.n_head * T)
+    assert ws.a["att_scratch"].shape == (7 * T * hs + 2 * 64 * T + T + 4 * hs,)
+    assert "att" not in ws.a and "datt" not in ws.a

@@ -70,8 +70,7 @@ class Workspace:
             a, N, L, NH = self.a, B * T, cfg.n_layer, cfg.n_head
             s = {name: (arr[:, :N] if name in _PER_LAYER else arr[:N]) for name, arr in a.items()}
             # per layer: a contiguous prefix reshaped (reshaping the (L, :) slice would copy)
-            s["att"] = [a["att"][l, :B * NH * T * T].reshape(B, NH, T, T) for l in range(L)]
-            s["datt"] = a["datt"][:T * T].reshape(T, T)
+            s["lse"] = [a["lse"][l, :B * NH * T].reshape(B, NH, T) for l in range(L)]
             s["att_scratch"] = a["att_scratch"]
             self._shaped[key] = s
         return self._shaped[key]
@@ -172,8 +171,8 @@ class GPT:
             layernorm_forward(a["ln1"][l], a["ln1_mean"][l], a["ln1_rstd"][l], residual,
                               p["ln1w"][l], p["ln1b"][l], N, C)
             matmul_forward(a["qkv"][l], a["ln1"][l], p["qkvw"][l], p["qkvb"][l], N, C, 3 * C)
-            attention_forward(a["atty"][l], a["att"][l], a["qkv"][l], B, T, C, NH,
-                              a["att_scratch"])
+            attention_forward(a["atty"][l], a["lse"][l], a["qkv"][l], B, T, C, NH,
+                              a["att_scratch"], 0.0)
             matmul_forward(a["proj"], a["atty"][l], p["attprojw"][l], p["attprojb"][l], N, C, C)
             if key:
                 drop_rows(a["proj"], a["proj"], key, cfg.dropout, l, SITE_ATTN_OUT, B, T)
@@ -247,8 +246,8 @@ class GPT:
             dbranch = self._undrop(dln, dres, key, l, SITE_ATTN_OUT, B, T)
             matmul_backward(datty, g["attprojw"][l], g["attprojb"][l], dbranch, a["atty"][l],
                             p["attprojw"][l], N, C, C, 0.0, wb)
-            attention_backward(dqkv, a["datt"], datty, a["qkv"][l], a["att"][l], B, T, C, NH,
-                               False, a["att_scratch"])
+            attention_backward(dqkv, datty, a["qkv"][l], a["atty"][l], a["lse"][l], B, T, C,
+                               NH, False, a["att_scratch"], 0.0)
             matmul_backward(dln, g["qkvw"][l], g["qkvb"][l], dqkv, a["ln1"][l], p["qkvw"][l],
                             N, C, 3 * C, 0.0, wb)
             layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], dln, residual, p["ln1w"][l],

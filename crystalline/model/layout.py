@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crystalline.model.kernels.attention import scratch_floats
+
 ALIGN = 16  # floats: every tensor offset is a multiple of 64 bytes
 
 # Tensors AdamW decays (nanoGPT's rule: every tensor of dim >= 2 per layer, i.e. the embeddings
@@ -50,7 +52,7 @@ def activation_shapes(cfg, B: int, T: int) -> list[tuple[str, tuple[int, ...]]]:
         ("ln1", (L, N, C)), ("ln1_mean", (L, N)), ("ln1_rstd", (L, N)),
         ("qkv", (L, N, 3 * C)),
         ("atty", (L, N, C)),
-        ("att", (L, B * NH * T * T)),            # causal softmax probabilities (B, NH, T, T)
+        ("lse", (L, B * NH * T)),                # attention rows' log-sum-exp (B, NH, T)
         ("residual2", (L, N, C)),
         ("ln2", (L, N, C)), ("ln2_mean", (L, N)), ("ln2_rstd", (L, N)),
         ("fch", (L, N, 4 * C)), ("fch_gelu", (L, N, 4 * C)),  # fch ends as gelu'(fch)
@@ -60,8 +62,8 @@ def activation_shapes(cfg, B: int, T: int) -> list[tuple[str, tuple[int, ...]]]:
         ("proj", (N, C)),                         # attention / MLP projection before the residual
         # backward scratch, reused by every layer
         ("dresidual", (N, C)), ("dln", (N, C)), ("datty", (N, C)), ("dqkv", (N, 3 * C)),
-        ("dfch", (N, 4 * C)), ("dfch_gelu", (N, 4 * C)), ("dlogits", (N, V)), ("datt", (T * T,)),
-        ("att_scratch", (4 * C * T,)),          # a sequence's k or v transposed; q, k, dy by head
+        ("dfch", (N, 4 * C)), ("dfch_gelu", (N, 4 * C)), ("dlogits", (N, V)),
+        ("att_scratch", (scratch_floats(T, C // NH),)),   # one head packed, P and dS blocks
     ]
 
 

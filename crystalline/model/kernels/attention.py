@@ -1,16 +1,42 @@
-"""Causal multi-head self-attention on the packed qkv (N, 3C) = [q | k | v], heads contiguous
-hs = C // NH column slices. out: (N, C); att: (B, NH, T, T) softmax probabilities (0 above the
-diagonal). q, k, v are read in place with row stride 3C.
+"""Causal multi-head self-attention without T x T matrices: FlashAttention-2 on CPU register tiles.
 
-Two ways, chosen by shape (`tiled`):
-  * head size 16 or 32 and T a multiple of 16 (every preset): blocks of 4 queries on register
-    tiles (tile.py) that stop at the causal diagonal (a little over half of the full T x T
-    products). A sequence's keys (values, in the backward) are first transposed into `scratch`
-    so that a tile reads 16 keys as one vector; the backward also regroups q, k and dy head by
-    head there, so a tile's rows are contiguous instead of 3C (or C) floats apart, which here
-    map to a handful of L1 sets and evict each other;
-  * otherwise blocks of TILE queries, each block's products one BLAS GEMM over only the keys it
-    may see (about 5/8 of the full T x T work at T = 128)."""
+    attention_forward(out, lse, qkv, B, T, C, NH, scratch=None,
+                      dropout=0.0, seed=0, step=0, seq0=0, layer=0)
+    attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, accumulate=True, scratch=None,
+                       dropout=0.0, seed=0, step=0, seq0=0, layer=0)
+    scratch_floats(T, hs)       # floats of work space either call needs (linear in T)
+
+qkv (N, 3C) = [q | k | v], heads contiguous hs = C // NH column slices, read in place with row
+stride 3C; out (N, C); lse (B, NH, T): each query row's log-sum-exp of its scaled scores, the only
+thing besides q, k, v and out that the backward needs. Any T >= 1 and any head size: a head is
+packed into hsp = hs rounded up to 16 columns (zeros past hs change no product), so every product
+runs on the 4 x 16 ... 4 x 64 register tiles of tile.py.
+
+Dropout on the attention probabilities (nanoGPT's dropout(softmax(s)) @ v): element (h, i, j) of
+sequence b is kept iff dropout_rng.keep(stream_key(seed, step, seq0 + b, layer, SITE_ATTENTION),
+(h * T + i) * T + j, keep_threshold(dropout)), kept ones scaled by 1 / (1 - dropout); the
+normalisation is the undropped softmax's. dropout = 0 skips every mask step.
+
+Forward, for each sequence b and head h:
+  pass 0: pack the head: qs = q / sqrt(hs) as rows, k transposed (hsp, Tp) so that a tile reads 16
+          keys as one vector, v as rows; Tp = T rounded up to 16, zero padding.
+  then for each block of 4 query rows i0..i0+3, over its keys 0..i0+3 in chunks of KC:
+  pass 1: scores s = qs @ kT for the chunk (4 x 64 and 4 x 16 tiles, 16 keys past the diagonal
+          at most; the row pass masks them);
+  pass 2: online softmax per row: m' = max(m, max s); s = e^(s - m'); l = l e^(m - m') + sum s;
+          o *= e^(m - m') (dropout: then s *= mask / (1 - p));
+  pass 3: o += s @ v (a 4 x hsp tile);
+  finally out = o / l and lse = m + log l.
+
+Backward (FlashAttention-2), for each sequence, head and block of QB query rows:
+  D_i = dout_i . out_i; for every 4 rows of the block, over keys 0..i:
+    P = e^(qs @ kT - lse) (recomputed), dPd = dout @ vT; with dropout Z = mask / (1 - p):
+    dP = dPd Z and the probabilities that multiplied v are P Z;
+    dS = P (dP - D)          (ds_row; D = sum_j P Z dPd, the same identity with dropout)
+    dq = dS @ k / sqrt(hs)   (a 4 x hsp tile over the row's keys)
+  then for the whole block, 4 keys at a time: dk += dS^T @ qs, dv += (P Z)^T @ dout (tiles whose
+  inner dimension is the block's QB rows). P and dS of one block: 2 QB Tp floats of scratch.
+"""
 
 import math
 
@@ -18,222 +44,271 @@ import numpy as np
 from numba import njit
 
 from crystalline.config import FASTMATH
-from crystalline.model.kernels.blas import N_, T_, gemm
-from crystalline.model.kernels.rowsoftmax import softmax_backward_row, softmax_row
-from crystalline.model.kernels.simd import LANES, exp32, vdot, vmax, vsum
-from crystalline.model.kernels.tile import copy16, tile4x16, tile4x32, transpose16
+from crystalline.model.kernels.dropout_rng import SITE_ATTENTION, keep, keep_threshold, stream_key
+from crystalline.model.kernels.rowsoftmax import ds_row, exp_row
+from crystalline.model.kernels.simd import LANES, exp32, vdot, vmax
+from crystalline.model.kernels.tile import tile4x16, tile4x32, tile4x48, tile4x64, transpose16
 
-TILE = 32  # query rows per block
+ROWS = 4      # query rows per register tile
+KC = 256      # keys per online-softmax chunk of the forward
+QB = 64       # query rows per block of the backward (the inner dimension of the dk, dv tiles)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def attention_forward(out, att, qkv, B, T, C, NH, scratch=None):
-    """scratch: (>= 4 * C * T,) float32 work space, overwritten; None allocates one (the model
-    passes its workspace's)."""
+def _ceil16(n):
+    return (n + LANES - 1) // LANES * LANES
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def scratch_floats(T, hs):
+    """Floats of scratch that attention_forward and attention_backward need at (T, hs): seven
+    packed (Tp, hsp) copies of a head, the backward's two QB x Tp blocks of P and dS, and a row
+    of D (Tp = T, hsp = hs rounded up to 16)."""
+    Tp, hsp = _ceil16(T), _ceil16(hs)
+    forward = 3 * Tp * hsp + ROWS * KC + 2 * ROWS * hsp + 2 * ROWS
+    backward = 7 * Tp * hsp + 2 * QB * Tp + Tp + ROWS * hsp
+    return max(forward, backward)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def attention_forward(out, lse, qkv, B, T, C, NH, scratch=None, dropout=0.0, seed=0, step=0,
+                      seq0=0, layer=0):
+    """out (N, C) = causal attention of qkv (N, 3C); lse (B, NH, T) float32. scratch: at least
+    scratch_floats(T, C // NH) float32, overwritten (None allocates one). Sequence b draws its
+    dropout mask as sequence seq0 + b of the global batch."""
     if scratch is None:
-        _forward(out, att, qkv, B, T, C, NH, np.empty(4 * C * T, np.float32))
+        _forward(out.reshape(-1), lse.reshape(-1), qkv.reshape(-1), B, T, C, NH,
+                 np.empty(scratch_floats(T, C // NH), np.float32), dropout, seed, step, seq0, layer)
     else:
-        _forward(out, att, qkv, B, T, C, NH, scratch)
+        _forward(out.reshape(-1), lse.reshape(-1), qkv.reshape(-1), B, T, C, NH,
+                 scratch.reshape(-1), dropout, seed, step, seq0, layer)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def attention_backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate=True, scratch=None):
-    """Accumulate into dqkv (N, 3C); accumulate=False overwrites it (no zeroing pass needed).
-    datt: (T, T) scratch; dout: (N, C); scratch as in attention_forward."""
+def attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, accumulate=True, scratch=None,
+                       dropout=0.0, seed=0, step=0, seq0=0, layer=0):
+    """dqkv (N, 3C) += gradient of sum(out * dout) (accumulate=False overwrites it, no zeroing
+    pass needed); out and lse as the forward left them; scratch and dropout arguments as in
+    attention_forward (the same values regenerate the same mask)."""
     if scratch is None:
-        _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate,
-                  np.empty(4 * C * T, np.float32))
+        _backward(dqkv.reshape(-1), dout.reshape(-1), qkv.reshape(-1), out.reshape(-1),
+                  lse.reshape(-1), B, T, C, NH, accumulate,
+                  np.empty(scratch_floats(T, C // NH), np.float32), dropout, seed, step, seq0, layer)
     else:
-        _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate, scratch)
+        _backward(dqkv.reshape(-1), dout.reshape(-1), qkv.reshape(-1), out.reshape(-1),
+                  lse.reshape(-1), B, T, C, NH, accumulate, scratch.reshape(-1), dropout, seed,
+                  step, seq0, layer)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _forward(out, att, qkv, B, T, C, NH, scratch):
-    if scratch.size < 4 * C * T:
-        raise ValueError("attention scratch holds fewer than 4 * C * T floats")
-    if tiled(T, C // NH):
-        _forward_tiled(out, att, qkv, B, T, C, NH, scratch)
-    else:
-        _forward_blas(out, att, qkv, B, T, C, NH)
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _backward(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate, scratch):
-    if scratch.size < 4 * C * T:
-        raise ValueError("attention scratch holds fewer than 4 * C * T floats")
-    if tiled(T, C // NH):
-        _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate)
-    else:
-        _backward_blas(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate)
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def tiled(T, hs):
-    """Whether attention at this shape runs on product tiles (tile.py) instead of BLAS calls."""
-    return (hs == 16 or hs == 32) and T % 16 == 0
+def _check(work, T, hs, dropout):
+    if work.size < scratch_floats(T, hs):
+        raise ValueError("attention scratch holds fewer than scratch_floats(T, hs) floats")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError("attention dropout must be in [0, 1)")
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _softmax_row(att, b, h, i, a_off, T):
-    """att[b, h, i] = softmax(att[b, h, i, :i + 1]), 0 past the diagonal."""
-    row = att[b, h, i]
-    base = a_off + i * T
-    m = vmax(att, base, i + 1)
-    # whole 16-lane vectors (no scalar tail); entries past i are zeroed below
-    for j in range(min(T, (i + LANES) // LANES * LANES)):
-        row[j] = exp32(row[j] - m)
-    inv = np.float32(1.0 / vsum(att, base, i + 1))
-    for j in range(T):
-        row[j] = row[j] * inv if j <= i else np.float32(0.0)
+def _wide_tile(hsp, c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate):
+    """A 4 x hsp tile (hsp a multiple of 16) as 4 x 64 tiles and one narrower rest."""
+    for c0 in range(0, hsp, 64):
+        w = min(64, hsp - c0)
+        if w == 64:
+            tile4x64(c, c_off + c0, ldc, a, a_off, ars, aks, b, b_off + c0, ldb, K, accumulate)
+        elif w == 48:
+            tile4x48(c, c_off + c0, ldc, a, a_off, ars, aks, b, b_off + c0, ldb, K, accumulate)
+        elif w == 32:
+            tile4x32(c, c_off + c0, ldc, a, a_off, ars, aks, b, b_off + c0, ldb, K, accumulate)
+        else:
+            tile4x16(c, c_off + c0, ldc, a, a_off, ars, aks, b, b_off + c0, ldb, K, accumulate)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _transpose_block(dst, qkv, b, T, C, col, scale):
-    """dst[c * T + j] = scale * qkv[b * T + j, col + c] for c < C: sequence b's (T, C) block of
-    q, k or v as (C, T), in 16 x 16 register blocks (T and C multiples of 16)."""
-    C3 = 3 * C
-    for j0 in range(0, T, LANES):
-        for c0 in range(0, C, LANES):
-            transpose16(dst, c0 * T + j0, T, qkv, (b * T + j0) * C3 + col + c0, C3, scale)
+def _scores(s, s_off, lds, a, a_off, bT, Tp, hsp, width):
+    """s[r, :width] = a[r] @ bT[:, :width] for the 4 packed rows at a_off (width: a multiple of
+    16): 4 x 64 tiles, then 4 x 16 ones for the rest."""
+    j0 = 0
+    while j0 + 64 <= width:
+        tile4x64(s, s_off + j0, lds, a, a_off, hsp, 1, bT, j0, Tp, hsp, False)
+        j0 += 64
+    while j0 < width:
+        tile4x16(s, s_off + j0, lds, a, a_off, hsp, 1, bT, j0, Tp, hsp, False)
+        j0 += LANES
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _pack_heads(dst, src, row0, T, ld, col, C, hs):
-    """dst[(h * T + j) * hs + d] = src.flat[(row0 + j) * ld + col + h * hs + d]: T rows of a
-    (., C) block regrouped head by head, each head's (T, hs) contiguous."""
-    for j in range(T):
-        for h in range(C // hs):
-            for d0 in range(0, hs, LANES):
-                copy16(dst, (h * T + j) * hs + d0, src, (row0 + j) * ld + col + h * hs + d0)
+def _pack_rows(dst, src, row0, ld, col, T, Tp, hs, hsp, scale):
+    """dst[j * hsp + d] = scale * src[(row0 + j) * ld + col + d] for j < T, d < hs; 0 elsewhere
+    up to (Tp, hsp)."""
+    for j in range(Tp):
+        base = j * hsp
+        if j < T:
+            s = (row0 + j) * ld + col
+            for d in range(hs):
+                dst[base + d] = scale * src[s + d]
+            for d in range(hs, hsp):
+                dst[base + d] = 0.0
+        else:
+            for d in range(hsp):
+                dst[base + d] = 0.0
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
-def _wide_tile(hs, c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate):
-    """A 4 x hs tile (hs = 16 or 32)."""
-    if hs == 16:
-        tile4x16(c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate)
-    else:
-        tile4x32(c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate)
+def _pack_transposed(dst, src, row0, ld, col, T, Tp, hs, hsp):
+    """dst[d * Tp + j] = src[(row0 + j) * ld + col + d] for j < T, d < hs; 0 elsewhere up to
+    (hsp, Tp). Whole 16 x 16 blocks move through registers (transpose16)."""
+    full = T // LANES * LANES if hs % LANES == 0 else 0
+    for j0 in range(0, full, LANES):
+        for d0 in range(0, hs, LANES):
+            transpose16(dst, d0 * Tp + j0, Tp, src, (row0 + j0) * ld + col + d0, ld,
+                        np.float32(1.0))
+    for d in range(hsp):
+        for j in range(full if d < hs else 0, Tp):
+            dst[d * Tp + j] = src[(row0 + j) * ld + col + d] if (j < T and d < hs) else 0.0
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _drop_row(x, off, n, key, pos0, threshold, inv_keep):
+    """x[off + j] *= mask(pos0 + j) / (1 - p) for j < n."""
+    for j in range(n):
+        if keep(key, pos0 + j, threshold):
+            x[off + j] *= inv_keep
+        else:
+            x[off + j] = 0.0
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _forward_tiled(out, att, qkv, B, T, C, NH, scratch):
+def _forward(out, lse, qkv, B, T, C, NH, work, dropout, seed, step, seq0, layer):
     hs = C // NH
-    C3 = 3 * C
+    _check(work, T, hs, dropout)
+    hsp, Tp, C3 = _ceil16(hs), _ceil16(T), 3 * C
     scale = np.float32(1.0 / math.sqrt(hs))
-    kT = scratch[:C * T]
+    qs, kT, v = work[:Tp * hsp], work[Tp * hsp:2 * Tp * hsp], work[2 * Tp * hsp:3 * Tp * hsp]
+    rest = 3 * Tp * hsp
+    s = work[rest:rest + ROWS * KC]                                  # (4, KC) scores / probabilities
+    o = work[rest + ROWS * KC:rest + ROWS * KC + ROWS * hsp]         # (4, hsp) unnormalised output
+    ml = work[rest + ROWS * KC + ROWS * hsp:rest + ROWS * KC + ROWS * hsp + 2 * ROWS]  # m, l per row
+    threshold = keep_threshold(dropout)
+    inv_keep = np.float32(1.0 / (1.0 - dropout))
+    key = np.uint64(0)
     for b in range(B):
-        _transpose_block(kT, qkv, b, T, C, C, scale)
+        if dropout > 0.0:
+            key = stream_key(seed, step, seq0 + b, layer, SITE_ATTENTION)
         for h in range(NH):
-            q_off = b * T * C3 + h * hs
-            a_off = (b * NH + h) * T * T
-            for i0 in range(0, T, 4):
-                # scores[i0:i0+4, :j] = q[i0:i0+4] @ (scale k[:j]).T, whole 16-key tiles past i0+3
-                for j0 in range(0, i0 + 4, LANES):
-                    tile4x16(att, a_off + i0 * T + j0, T, qkv, q_off + i0 * C3, C3, 1,
-                             kT, h * hs * T + j0, T, hs, False)
-                for i in range(i0, i0 + 4):
-                    softmax_row(att, a_off + i * T, i + 1, T)
-                # y[i0:i0+4] = att[i0:i0+4, :i0+4] @ v[:i0+4]  (att is 0 past the diagonal)
-                _wide_tile(hs, out, (b * T + i0) * C + h * hs, C, att, a_off + i0 * T, T, 1,
-                           qkv, q_off + 2 * C, C3, i0 + 4, False)
+            col = h * hs
+            _pack_rows(qs, qkv, b * T, C3, col, T, Tp, hs, hsp, scale)
+            _pack_transposed(kT, qkv, b * T, C3, C + col, T, Tp, hs, hsp)
+            _pack_rows(v, qkv, b * T, C3, 2 * C + col, T, Tp, hs, hsp, np.float32(1.0))
+            for i0 in range(0, T, ROWS):
+                iend = min(i0 + ROWS, T)                 # the block sees keys 0 .. iend - 1
+                for k0 in range(0, iend, KC):
+                    k1 = min(k0 + KC, iend)
+                    width = _ceil16(k1 - k0)
+                    _scores(s, 0, KC, qs, i0 * hsp, kT[k0:], Tp, hsp, width)
+                    for r in range(ROWS):
+                        i = i0 + r
+                        n = min(i + 1, k1) - k0          # rows past T (padding) see every key
+                        m_new = vmax(s, r * KC, n)
+                        if k0 > 0:
+                            m_new = max(m_new, ml[r])
+                        total = exp_row(s, r * KC, n, width, m_new)
+                        if k0 == 0:
+                            ml[ROWS + r] = total
+                        else:
+                            alpha = exp32(ml[r] - m_new)
+                            ml[ROWS + r] = ml[ROWS + r] * alpha + total
+                            for d in range(hsp):
+                                o[r * hsp + d] *= alpha
+                        ml[r] = m_new
+                        if dropout > 0.0 and i < T:
+                            _drop_row(s, r * KC, n, key, (h * T + i) * T + k0, threshold, inv_keep)
+                    _wide_tile(hsp, o, 0, hsp, s, 0, KC, 1, v, k0 * hsp, hsp, k1 - k0, k0 > 0)
+                for r in range(iend - i0):
+                    i = i0 + r
+                    inv = np.float32(1.0) / ml[ROWS + r]
+                    base = (b * T + i) * C + col
+                    for d in range(hs):
+                        out[base + d] = o[r * hsp + d] * inv
+                    lse[(b * NH + h) * T + i] = ml[r] + np.float32(math.log(ml[ROWS + r]))
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _backward_tiled(dqkv, datt, dout, qkv, att, B, T, C, NH, scratch, accumulate):
+def _backward(dqkv, dout, qkv, out, lse, B, T, C, NH, accumulate, work, dropout, seed, step,
+              seq0, layer):
     hs = C // NH
-    C3 = 3 * C
-    CT = C * T
+    _check(work, T, hs, dropout)
+    hsp, Tp, C3 = _ceil16(hs), _ceil16(T), 3 * C
     scale = np.float32(1.0 / math.sqrt(hs))
-    vT, qP, kP, dyP = scratch[:CT], scratch[CT:2 * CT], scratch[2 * CT:3 * CT], scratch[3 * CT:4 * CT]
+    H = Tp * hsp
+    qs, kT, vT, k = work[:H], work[H:2 * H], work[2 * H:3 * H], work[3 * H:4 * H]
+    dy, dk, dv = work[4 * H:5 * H], work[5 * H:6 * H], work[6 * H:7 * H]
+    p = work[7 * H:7 * H + QB * Tp]                          # (QB, Tp) P, then P Z
+    ds = work[7 * H + QB * Tp:7 * H + 2 * QB * Tp]           # (QB, Tp) dPd, then dS
+    D = work[7 * H + 2 * QB * Tp:7 * H + 2 * QB * Tp + Tp]
+    dq = work[7 * H + 2 * QB * Tp + Tp:7 * H + 2 * QB * Tp + Tp + ROWS * hsp]   # (4, hsp)
+    threshold = keep_threshold(dropout)
+    inv_keep = np.float32(1.0 / (1.0 - dropout))
+    key = np.uint64(0)
     for b in range(B):
-        _transpose_block(vT, qkv, b, T, C, 2 * C, np.float32(1.0))
-        _pack_heads(qP, qkv, b * T, T, C3, 0, C, hs)
-        _pack_heads(kP, qkv, b * T, T, C3, C, C, hs)
-        _pack_heads(dyP, dout, b * T, T, C, 0, C, hs)
+        if dropout > 0.0:
+            key = stream_key(seed, step, seq0 + b, layer, SITE_ATTENTION)
         for h in range(NH):
-            q_off = b * T * C3 + h * hs
-            k_off = q_off + C
-            v_off = q_off + 2 * C
-            a_off = (b * NH + h) * T * T
-            p_off = h * T * hs
-            for i0 in range(0, T, 4):
-                # datt[i0:i0+4, :j] = dy[i0:i0+4] @ v[:j].T, whole 16-key tiles past i0+3
-                for j0 in range(0, i0 + 4, LANES):
-                    tile4x16(datt, i0 * T + j0, T, dyP, p_off + i0 * hs, hs, 1,
-                             vT, h * hs * T + j0, T, hs, False)
-                # dscores = att * (datt - sum_j att * datt) * scale, 0 past the diagonal up to
-                # the block's last 16-key tile (all that the dq, dk tiles read)
-                width = (i0 + 4 + LANES - 1) // LANES * LANES
-                for i in range(i0, i0 + 4):
-                    softmax_backward_row(att, a_off + i * T, datt, i * T, i + 1, width, scale)
-                # dq[i0:i0+4] (+)= dscores[i0:i0+4, :i0+4] @ k[:i0+4]
-                _wide_tile(hs, dqkv, q_off + i0 * C3, C3, datt, i0 * T, T, 1, kP, p_off, hs,
-                           i0 + 4, accumulate)
-            for j0 in range(0, T, 4):
-                # dk[j0:j0+4] (+)= dscores[j0:, j0:j0+4].T @ q[j0:] ; dv likewise from att, dy
-                _wide_tile(hs, dqkv, k_off + j0 * C3, C3, datt, j0 * T + j0, 1, T,
-                           qP, p_off + j0 * hs, hs, T - j0, accumulate)
-                _wide_tile(hs, dqkv, v_off + j0 * C3, C3, att, a_off + j0 * T + j0, 1, T,
-                           dyP, p_off + j0 * hs, hs, T - j0, accumulate)
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _forward_blas(out, att, qkv, B, T, C, NH):
-    hs = C // NH
-    C3 = 3 * C
-    scale = np.float32(1.0 / math.sqrt(hs))
-    for b in range(B):
-        for h in range(NH):
-            q_off = b * T * C3 + h * hs
-            a_off = (b * NH + h) * T * T
-            for r0 in range(0, T, TILE):
-                r1 = min(r0 + TILE, T)
-                # scores[r0:r1, :r1] = scale * q[r0:r1] @ k[:r1].T
-                gemm(N_, T_, r1 - r0, r1, hs, scale, qkv, q_off + r0 * C3, C3, qkv, q_off + C, C3,
-                     0.0, att, a_off + r0 * T, T)
-                for i in range(r0, r1):
-                    _softmax_row(att, b, h, i, a_off, T)
-                # y[r0:r1] = att[r0:r1, :r1] @ v[:r1]
-                gemm(N_, N_, r1 - r0, hs, r1, 1.0, att, a_off + r0 * T, T, qkv, q_off + 2 * C, C3,
-                     0.0, out, (b * T + r0) * C + h * hs, C)
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def _backward_blas(dqkv, datt, dout, qkv, att, B, T, C, NH, accumulate):
-    """The query blocks run last to first: the first one sees every key, so it writes all of
-    dk, dv and later blocks add to them."""
-    hs = C // NH
-    keep = np.float32(1.0 if accumulate else 0.0)
-    last = (T - 1) // TILE * TILE
-    C3 = 3 * C
-    scale = np.float32(1.0 / math.sqrt(hs))
-    for b in range(B):
-        for h in range(NH):
-            q_off = b * T * C3 + h * hs
-            k_off = q_off + C
-            v_off = q_off + 2 * C
-            y_off = b * T * C + h * hs
-            a_off = (b * NH + h) * T * T
-            for r0 in range(last, -1, -TILE):
-                r1 = min(r0 + TILE, T)
-                rb = r1 - r0
-                beta = keep if r0 == last else np.float32(1.0)   # for dk, dv (rows :r1)
-                # datt[r0:r1, :r1] = dy[r0:r1] @ v[:r1].T ; dv[:r1] += att[r0:r1, :r1].T @ dy[r0:r1]
-                gemm(N_, T_, rb, r1, hs, 1.0, dout, y_off + r0 * C, C, qkv, v_off, C3,
-                     0.0, datt, r0 * T, T)
-                gemm(T_, N_, r1, hs, rb, 1.0, att, a_off + r0 * T, T, dout, y_off + r0 * C, C,
-                     beta, dqkv, v_off, C3)
-                # softmax backward: dscores = att * (datt - sum_j att * datt) * scale
-                for i in range(r0, r1):
-                    p = att[b, h, i]
-                    d = datt[i]
-                    sd = np.float32(vdot(att, a_off + i * T, datt, i * T, i + 1))
-                    # p is 0 past the diagonal, so this writes dscores 0 there (no scalar tail)
-                    for j in range(r1):
-                        d[j] = p[j] * (d[j] - sd) * scale
-                # dq[r0:r1] += dscores[r0:r1, :r1] @ k[:r1] ; dk[:r1] += dscores[r0:r1, :r1].T @ q[r0:r1]
-                gemm(N_, N_, rb, hs, r1, 1.0, datt, r0 * T, T, qkv, k_off, C3,
-                     keep, dqkv, q_off + r0 * C3, C3)
-                gemm(T_, N_, r1, hs, rb, 1.0, datt, r0 * T, T, qkv, q_off + r0 * C3, C3,
-                     beta, dqkv, k_off, C3)
+            col = h * hs
+            _pack_rows(qs, qkv, b * T, C3, col, T, Tp, hs, hsp, scale)
+            _pack_transposed(kT, qkv, b * T, C3, C + col, T, Tp, hs, hsp)
+            _pack_transposed(vT, qkv, b * T, C3, 2 * C + col, T, Tp, hs, hsp)
+            _pack_rows(k, qkv, b * T, C3, C + col, T, Tp, hs, hsp, np.float32(1.0))
+            _pack_rows(dy, dout, b * T, C, col, T, Tp, hs, hsp, np.float32(1.0))
+            dk[:] = 0.0
+            dv[:] = 0.0
+            for i in range(T):
+                D[i] = vdot(dout, (b * T + i) * C + col, out, (b * T + i) * C + col, hs)
+            for q0 in range(0, T, QB):
+                q1 = min(q0 + QB, T)
+                width = _ceil16(q1)                      # the block's rows see keys 0 .. q1 - 1
+                for i0 in range(q0, q1, ROWS):
+                    iend = min(i0 + ROWS, T)
+                    r0 = (i0 - q0) * Tp
+                    _scores(p, r0, Tp, qs, i0 * hsp, kT, Tp, hsp, _ceil16(iend))
+                    _scores(ds, r0, Tp, dy, i0 * hsp, vT, Tp, hsp, _ceil16(iend))
+                    for r in range(ROWS):
+                        i = i0 + r
+                        n = i + 1 if i < T else 0        # padding rows: all zero
+                        off = r0 + r * Tp
+                        lse_i = lse[(b * NH + h) * T + i] if i < T else np.float32(0.0)
+                        D_i = D[i] if i < T else np.float32(0.0)
+                        exp_row(p, off, n, width, lse_i)
+                        if dropout > 0.0 and n > 0:
+                            pos0 = (h * T + i) * T
+                            for j in range(n):
+                                if keep(key, pos0 + j, threshold):
+                                    ds[off + j] = p[off + j] * (ds[off + j] * inv_keep - D_i)
+                                    p[off + j] *= inv_keep
+                                else:
+                                    ds[off + j] = -p[off + j] * D_i
+                                    p[off + j] = 0.0
+                            for j in range(n, width):
+                                ds[off + j] = 0.0
+                        else:
+                            ds_row(p, off, ds, off, n, width, D_i)
+                    # dq[i0:i0+4] = dS[i0:i0+4, :iend] @ k[:iend] / sqrt(hs)
+                    _wide_tile(hsp, dq, 0, hsp, ds, r0, Tp, 1, k, 0, hsp, iend, False)
+                    for r in range(iend - i0):
+                        base = (b * T + i0 + r) * C3 + col
+                        for d in range(hs):
+                            g = scale * dq[r * hsp + d]
+                            dqkv[base + d] = dqkv[base + d] + g if accumulate else g
+                # dk[:q1] += dS[q0:q1, :q1]^T @ qs[q0:q1] ; dv[:q1] += (P Z)[q0:q1, :q1]^T @ dy[q0:q1]
+                for j0 in range(0, q1, ROWS):
+                    _wide_tile(hsp, dk, j0 * hsp, hsp, ds, j0, 1, Tp, qs, q0 * hsp, hsp, q1 - q0, True)
+                    _wide_tile(hsp, dv, j0 * hsp, hsp, p, j0, 1, Tp, dy, q0 * hsp, hsp, q1 - q0, True)
+            for j in range(T):
+                base = (b * T + j) * C3 + C + col
+                for d in range(hs):
+                    gk, gv = dk[j * hsp + d], dv[j * hsp + d]
+                    if accumulate:
+                        dqkv[base + d] += gk
+                        dqkv[base + C + d] += gv
+                    else:
+                        dqkv[base + d] = gk
+                        dqkv[base + C + d] = gv

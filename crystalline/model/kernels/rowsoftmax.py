@@ -1,18 +1,16 @@
-"""Causal softmax rows and their backward as whole 16-lane vector passes (LLVM IR), for the
-attention tiles: no scalar tails, no per-row float64 round trips.
+"""The row passes of flash attention (attention.py) as whole 16-lane vector loops (LLVM IR): no
+scalar tails, no per-row float64 round trips.
 
-    softmax_row(att, off, n, width)
-        x = att.flat[off : off + width]; x[:n] = softmax(x[:n]); x[n:] = 0
-    softmax_backward_row(p, p_off, d, d_off, n, width, scale)
-        s = sum_{j < n} p[j] d[j];  d[j] = p[j] (d[j] - s) scale for j < n, 0 for n <= j < width
+    total = exp_row(x, off, n, width, shift)
+        x = x.flat[off : off + width]; x[:n] = e^(x[:n] - shift); x[n:] = 0; total = sum x[:n]
+    ds_row(p, p_off, d, d_off, n, width, D)
+        d[j] = p[j] (d[j] - D) for j < n, 0 for n <= j < width     (softmax backward given D)
 
-width: a multiple of 16, 1 <= n <= width. Entries past n are never read as numbers (they are
+width: a multiple of 16, 0 <= n <= width. Entries past n are never read as numbers (they are
 masked), so they may hold anything. Lane sums run in a fixed order (lane k takes elements k,
 k + 16, ...; then a pairwise tree), so results are bitwise reproducible. e^x is exp32's
-polynomial (simd.py) evaluated with fused multiply-adds.
+polynomial (simd.py) evaluated with fused multiply-adds, for x <= 0 (clamped at -87).
 """
-
-import math
 
 from llvmlite import ir
 from numba import types
@@ -89,77 +87,58 @@ def _nvec(b, n, intp):
     return b.udiv(b.add(n, ir.Constant(intp, LANES - 1)), ir.Constant(intp, LANES))
 
 
+def _row_base(context, builder, sig, args, i):
+    data = context.make_array(sig.args[i])(context, builder, args[i]).data
+    return builder.gep(data, [context.cast(builder, args[i + 1], sig.args[i + 1], types.intp)])
+
+
 @intrinsic
-def softmax_row(typingctx, att, off, n, width):
-    if not _is_f32_array(att):
+def exp_row(typingctx, x, off, n, width, shift):
+    if not _is_f32_array(x):
         return None
-    sig = types.void(att, off, n, width)
+    sig = types.float32(x, off, n, width, shift)
 
     def codegen(context, builder, sig, args):
         V = _Vectors(context, builder)
         b, intp = builder, V.intp
-        base = b.gep(context.make_array(sig.args[0])(context, builder, args[0]).data,
-                     [context.cast(b, args[1], sig.args[1], types.intp)])
+        base = _row_base(context, builder, sig, args, 0)
         n_ = context.cast(b, args[2], sig.args[2], types.intp)
         nv = _nvec(b, n_, intp)
         wv = b.udiv(context.cast(b, args[3], sig.args[3], types.intp), ir.Constant(intp, LANES))
-        zero = ir.Constant(intp, 0)
-        ninf = V.splat(-math.inf)
-        m = cgutils.alloca_once_value(b, ninf)
-
-        def gmax(p, q):
-            return b.select(b.fcmp_ordered(">", p, q), p, q)
-
-        def find_max(v):
-            x = b.select(V.valid(v, n_), V.load(base, v), ninf)
-            b.store(gmax(b.load(m), x), m)
-        V.loop(zero, nv, find_max)
-        top = V.splat(_tree(b, b.load(m), gmax))
-        s = cgutils.alloca_once_value(b, V.splat(0.0))
+        top = V.splat(context.cast(b, args[4], sig.args[4], types.float32))
+        zeros = V.splat(0.0)
+        s = cgutils.alloca_once_value(b, zeros)
 
         def exponentiate(v):
-            e = b.select(V.valid(v, n_), V.exp(b.fsub(V.load(base, v), top)), V.splat(0.0))
+            e = b.select(V.valid(v, n_), V.exp(b.fsub(V.load(base, v), top)), zeros)
             V.store(e, base, v)
             b.store(b.fadd(b.load(s), e), s)
-        V.loop(zero, nv, exponentiate)
-        inv = V.splat(b.fdiv(ir.Constant(_F32, 1.0), _tree(b, b.load(s), b.fadd)))
-        V.loop(zero, nv, lambda v: V.store(b.fmul(V.load(base, v), inv), base, v))
-        V.loop(nv, wv, lambda v: V.store(V.splat(0.0), base, v))
-        return context.get_dummy_value()
+        V.loop(ir.Constant(intp, 0), nv, exponentiate)
+        V.loop(nv, wv, lambda v: V.store(zeros, base, v))
+        return _tree(b, b.load(s), b.fadd)
     return sig, codegen
 
 
 @intrinsic
-def softmax_backward_row(typingctx, p, p_off, d, d_off, n, width, scale):
+def ds_row(typingctx, p, p_off, d, d_off, n, width, D):
     if not (_is_f32_array(p) and _is_f32_array(d)):
         return None
-    sig = types.void(p, p_off, d, d_off, n, width, scale)
+    sig = types.void(p, p_off, d, d_off, n, width, D)
 
     def codegen(context, builder, sig, args):
         V = _Vectors(context, builder)
         b, intp = builder, V.intp
-
-        def base(i):
-            data = context.make_array(sig.args[i])(context, builder, args[i]).data
-            return b.gep(data, [context.cast(b, args[i + 1], sig.args[i + 1], types.intp)])
-        pb, db = base(0), base(2)
+        pb, db = _row_base(context, builder, sig, args, 0), _row_base(context, builder, sig, args, 2)
         n_ = context.cast(b, args[4], sig.args[4], types.intp)
         nv = _nvec(b, n_, intp)
         wv = b.udiv(context.cast(b, args[5], sig.args[5], types.intp), ir.Constant(intp, LANES))
-        scale = V.splat(context.cast(b, args[6], sig.args[6], types.float32))
-        zero, zeros = ir.Constant(intp, 0), V.splat(0.0)
-        acc = cgutils.alloca_once_value(b, zeros)
-
-        def dot(v):
-            term = b.select(V.valid(v, n_), b.fmul(V.load(pb, v), V.load(db, v)), zeros)
-            b.store(b.fadd(b.load(acc), term), acc)
-        V.loop(zero, nv, dot)
-        s = V.splat(_tree(b, b.load(acc), b.fadd))
+        D_ = V.splat(context.cast(b, args[6], sig.args[6], types.float32))
+        zeros = V.splat(0.0)
 
         def gradient(v):
-            g = b.fmul(b.fmul(V.load(pb, v), b.fsub(V.load(db, v), s)), scale)
+            g = b.fmul(V.load(pb, v), b.fsub(V.load(db, v), D_))
             V.store(b.select(V.valid(v, n_), g, zeros), db, v)
-        V.loop(zero, nv, gradient)
+        V.loop(ir.Constant(intp, 0), nv, gradient)
         V.loop(nv, wv, lambda v: V.store(zeros, db, v))
         return context.get_dummy_value()
     return sig, codegen

@@ -1,18 +1,19 @@
 """Register tiles for attention's small per-head products, where a BLAS call costs more than its
-arithmetic (head size 16 or 32, a few thousand FLOPs per call), and the moves that feed them.
+arithmetic (a few thousand FLOPs per call), and the moves that feed them.
 
     tile4x16(c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate)   # 4 x 16 tile
-    tile4x32(...)                                                                # 4 x 32 tile
+    tile4x32(...), tile4x48(...), tile4x64(...)                 # 4 x 32, 4 x 48, 4 x 64 tiles
     transpose16(dst, d_off, ldd, src, s_off, lds, scale)    # a 16 x 16 block, transposed, scaled
     copy16(dst, d_off, src, s_off)                          # 16 contiguous floats
 
-For r < 4 and the 16 (32) columns at c_off + r * ldc a tile computes
+For r < 4 and the 16 (32, 48, 64) columns at c_off + r * ldc a tile computes
 
-    c[r, :] (+)= sum_k a.flat[a_off + r * ars + k * aks] * b.flat[b_off + k * ldb + (0..15 | 0..31)]
+    c[r, :] (+)= sum_k a.flat[a_off + r * ars + k * aks] * b.flat[b_off + k * ldb + (0..15 | ... | 0..63)]
 
 so `a` may be read along rows (aks = 1) or down columns (ars = 1: a transposed operand), `b` rows
-are contiguous vectors. The 4 x 16 (4 x 32) accumulators stay in registers across k; every step
-is one fused multiply-add per 16 lanes, summed in k order (deterministic). accumulate=False
+are contiguous vectors. The accumulators (4 x 64: 16 of AVX-512's 32 registers) stay in
+registers across k; every step is one fused multiply-add per 16 lanes, summed in k order
+(deterministic). accumulate=False
 overwrites c. All arrays: C-contiguous float32 of any rank, addressed by flat element offsets.
 """
 
@@ -90,6 +91,8 @@ def _make_tile(vectors: int):
 
 tile4x16 = _make_tile(1)
 tile4x32 = _make_tile(2)
+tile4x48 = _make_tile(3)
+tile4x64 = _make_tile(4)
 
 
 @intrinsic
