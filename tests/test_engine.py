@@ -17,7 +17,7 @@ from crystalline.errors import ConfigError, TrainingError
 from crystalline.model.dropout import DropoutKey
 from crystalline.model.gpt import GPT
 from crystalline.model.kernels.adamw import adamw_step
-from crystalline.model.kernels.clip import grad_norm, scale_
+from crystalline.model.kernels.clip import grad_norm
 
 MODEL_CFG, TRAIN_CFG = preset("tiny")
 TRAIN_CFG = TRAIN_CFG.replace(batch_size=24, eval_interval=0)
@@ -36,17 +36,22 @@ def reference_params(corpus, steps, train_cfg=TRAIN_CFG, model_cfg=MODEL_CFG):
     batches = Batches(train, T, B, train_cfg.seed)
     m, v = np.zeros_like(model.params), np.zeros_like(model.params)
     x, y = np.empty((B, T), np.int32), np.empty((B, T), np.int32)
+    ws, grad = model.workspace(B), np.zeros_like(model.params)
     for step in range(steps):
         batches.fill(step, 0, B, x, y)
-        model.forward(x, y, dropout=DropoutKey(train_cfg.seed, step, 0))
-        grad = model.backward()
-        norm = grad_norm(grad)
+        model.forward_into(ws, x, y, dropout=DropoutKey(train_cfg.seed, step, 0))
+        # the gradient of the summed token losses, divided by the token count as AdamW reads it
+        # (so that a gradient below Adam's eps, where the update follows its rounding, is
+        # rounded as the engine rounds it)
+        model.backward_into(ws, grad, 1.0, accumulate=False)
+        scale = 1.0 / (B * T)
+        norm = grad_norm(grad) * scale
         if norm > train_cfg.grad_clip:
-            scale_(grad, train_cfg.grad_clip / norm)
+            scale *= train_cfg.grad_clip / norm
         lr = ref.warmup_cosine(step, train_cfg.learning_rate, train_cfg.min_lr, train_cfg.warmup_steps,
                                train_cfg.max_steps)          # the schedule written in the tests
         adamw_step(model.params, grad, m, v, model.decay_mask, lr,
-                   train_cfg.beta1, train_cfg.beta2, ADAM_EPS, train_cfg.weight_decay, step + 1)
+                   train_cfg.beta1, train_cfg.beta2, ADAM_EPS, train_cfg.weight_decay, step + 1, scale)
     return model.params.copy()
 
 

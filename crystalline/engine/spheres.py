@@ -230,8 +230,10 @@ class SphereTree:
     def _compute(self, job, ws, x, y, grad, accumulate: bool, first: int) -> float:
         """Forward (+ backward into grad, for training) of x -> y, sequences first, first + 1, ...
         of the global batch; the summed token loss."""
-        key = DropoutKey(self.dropout_seed, job.step, first) if job.kind == "train" else None
-        loss = self.model.forward_into(ws, x, y, dropout=key)
+        if job.kind == "train" and self.model.config.dropout > 0:
+            loss = self.model.forward_into(ws, x, y, dropout=DropoutKey(self.dropout_seed, job.step, first))
+        else:                     # evaluation, or no dropout: the call is the plain forward
+            loss = self.model.forward_into(ws, x, y)
         if job.kind == "train":
             self.model.backward_into(ws, grad, 1.0, accumulate=accumulate)
         return loss * x.size

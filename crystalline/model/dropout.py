@@ -33,6 +33,12 @@ class DropoutKey:
             object.__setattr__(self, name, int(value))
 
 
+def attention_dropout(key: DropoutKey | None, p: float) -> tuple:
+    """(p, seed, step, first sequence): the attention kernel's dropout arguments (before the
+    layer); (0.0, 0, 0, 0), no mask, without a key."""
+    return (0.0, 0, 0, 0) if key is None else (p, key.seed, key.step, key.first)
+
+
 def drop_rows(out, inp, key: DropoutKey, p: float, layer: int, site: int, B: int, T: int) -> None:
     """out = inp * mask / (1 - p) for B sequences of (T, C) rows (out may be inp); the mask of
     sequence key.first + b of that (layer, site). Also the backward of the same dropout."""

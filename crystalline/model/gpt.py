@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from crystalline.errors import ConfigError
-from crystalline.model.dropout import DropoutKey, drop_rows
+from crystalline.model.dropout import DropoutKey, attention_dropout, drop_rows
 from crystalline.model.kernels.attention import attention_backward, attention_forward
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward
 from crystalline.model.kernels.dropout_rng import SITE_ATTN_OUT, SITE_EMBEDDING, SITE_MLP_OUT
@@ -163,6 +163,7 @@ class GPT:
         if dropout is not None and not isinstance(dropout, DropoutKey):
             raise ConfigError(f"dropout must be a DropoutKey or None, got {type(dropout).__name__}")
         key = ws.dropout = dropout if cfg.dropout > 0 else None
+        att_drop = attention_dropout(key, cfg.dropout)
         encoder_forward(a["encoded"], idx, p["wte"], p["wpe"], B, T, C)
         if key:
             drop_rows(a["encoded"], a["encoded"], key, cfg.dropout, 0, SITE_EMBEDDING, B, T)
@@ -172,7 +173,7 @@ class GPT:
                               p["ln1w"][l], p["ln1b"][l], N, C)
             matmul_forward(a["qkv"][l], a["ln1"][l], p["qkvw"][l], p["qkvb"][l], N, C, 3 * C)
             attention_forward(a["atty"][l], a["lse"][l], a["qkv"][l], B, T, C, NH,
-                              a["att_scratch"], 0.0)
+                              a["att_scratch"], *att_drop, l)
             matmul_forward(a["proj"], a["atty"][l], p["attprojw"][l], p["attprojb"][l], N, C, C)
             if key:
                 drop_rows(a["proj"], a["proj"], key, cfg.dropout, l, SITE_ATTN_OUT, B, T)
@@ -215,6 +216,7 @@ class GPT:
         params, idx, targets, B, T = ws.state
         C, L, NH, V, N = cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.vocab_size, B * T
         key = ws.dropout
+        att_drop = attention_dropout(key, cfg.dropout)
         p, g, a = self.param_views(params), self.param_views(grad_row), ws.shaped(cfg, B, T)
         dres, dln, datty, dqkv, dfch, dfg = (a["dresidual"], a["dln"], a["datty"], a["dqkv"],
                                              a["dfch"], a["dfch_gelu"])
@@ -247,7 +249,7 @@ class GPT:
             matmul_backward(datty, g["attprojw"][l], g["attprojb"][l], dbranch, a["atty"][l],
                             p["attprojw"][l], N, C, C, 0.0, wb)
             attention_backward(dqkv, datty, a["qkv"][l], a["atty"][l], a["lse"][l], B, T, C,
-                               NH, False, a["att_scratch"], 0.0)
+                               NH, False, a["att_scratch"], *att_drop, l)
             matmul_backward(dln, g["qkvw"][l], g["qkvb"][l], dqkv, a["ln1"][l], p["qkvw"][l],
                             N, C, 3 * C, 0.0, wb)
             layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], dln, residual, p["ln1w"][l],
