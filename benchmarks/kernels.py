@@ -19,7 +19,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 t0 = time.perf_counter()
 from crystalline.model.kernels.adamw import adamw_step, adamw_step_is_finite  # noqa: E402
 from crystalline.model.kernels import blas  # noqa: E402
-from crystalline.model.kernels.attention import attention_backward, attention_forward  # noqa: E402
+from crystalline.model.kernels.attention import (attention_backward, attention_forward,  # noqa: E402
+                                                 scratch_floats)
 from crystalline.model.kernels.clip import grad_norm, scale_  # noqa: E402
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward  # noqa: E402
 from crystalline.model.kernels.encoder import encoder_backward, encoder_forward  # noqa: E402
@@ -37,9 +38,9 @@ def cases(B, T, C, L, NH, V, P):
     N = B * T
     idx = r.integers(0, V, (B, T)).astype(np.int32)
     x, x2, x3, w, b, mean, rstd = f(N, C), f(N, C), f(N, C), f(C), f(C), f(N), f(N)
-    qkv, att, datt = f(N, 3 * C), np.zeros((B, NH, T, T), np.float32), f(T, T)
-    scratch = f(4 * C * T)
-    attention_forward(f(N, C), att, qkv, B, T, C, NH, scratch)
+    qkv, lse, atty = f(N, 3 * C), np.zeros((B, NH, T), np.float32), f(N, C)
+    scratch = f(scratch_floats(T, C // NH))
+    attention_forward(atty, lse, qkv, B, T, C, NH, scratch)
     h4, h4b, h4c, probs, tg = f(N * 4 * C), f(N * 4 * C), f(N * 4 * C), f(N, V), idx.reshape(-1)
     p, g, m, v, mask = f(P), f(P), f(P), np.abs(f(P)), np.ones(P, np.float32)
     mm = lambda OC, IC: (f(N, OC), f(N, IC), f(OC, IC), f(OC))  # noqa: E731
@@ -57,8 +58,8 @@ def cases(B, T, C, L, NH, V, P):
          lambda: layernorm_backward(x3, f(C), f(C), x2, x, w, mean, rstd, N, C)),
         ("matmul qkv", L, 2 * N * C * 3 * C, lambda: matmul_forward(q1[0], q1[1], q1[2], q1[3], N, C, 3 * C),
          lambda: matmul_backward(g1[1], g1[2], g1[3], q1[0], q1[1], q1[2], N, C, 3 * C)),
-        ("attention", L, att_fl, lambda: attention_forward(x, att, qkv, B, T, C, NH, scratch),
-         lambda: attention_backward(qkv, datt, x, qkv, att, B, T, C, NH, True, scratch)),
+        ("attention", L, att_fl, lambda: attention_forward(atty, lse, qkv, B, T, C, NH, scratch),
+         lambda: attention_backward(g1[0], x, qkv, atty, lse, B, T, C, NH, True, scratch)),
         ("matmul attproj", L, 2 * N * C * C, lambda: matmul_forward(q2[0], q2[1], q2[2], q2[3], N, C, C),
          lambda: matmul_backward(g2[1], g2[2], g2[3], q2[0], q2[1], q2[2], N, C, C)),
         ("residual", 2 * L, N * C, lambda: residual_forward(x3.reshape(-1), x.reshape(-1), x2.reshape(-1), N * C),

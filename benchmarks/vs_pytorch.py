@@ -1,6 +1,7 @@
 """crystalline against PyTorch on cllm-4.5m, and both against this machine's GEMM rate.
 
     timeout 900 python benchmarks/vs_pytorch.py [--rounds 5] [--steps 2] [--skip compile,scale]
+    timeout 5400 python benchmarks/vs_pytorch.py --sweep [--repeats 3] [--steps 2] [--rows 0,1] [--runners ours,fp32]
 
 Prints, all measured in this one run:
   * sgemm GFLOP/s at the model's shapes (every product of one layer's forward and backward plus
@@ -20,6 +21,9 @@ Prints, all measured in this one run:
   * scale: Trainer(workers=63) against Trainer(workers=2), alternated, at global batch 64 (one
     sequence per worker) and 252 (four); the top-level groups' tokens/s
     (stats.group_tokens_per_s) slowest / fastest.
+  * --sweep (instead of all the above): the six shapes of issue #17, ours (2 workers) against
+    PyTorch fp32 eager, bf16 autocast and torch.compile (2 threads), tokens/s and peak RSS,
+    each configuration in its own process (benchmarks/sweep.py).
 """
 
 import argparse
@@ -244,7 +248,15 @@ def main():
     ap.add_argument("--scale-batches", default="64,252",
                     help="global batches of the 63- against 2-worker comparison")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: compare,compile,scale")
+    ap.add_argument("--sweep", action="store_true", help="the shape sweep of issue #17 instead")
+    ap.add_argument("--repeats", type=int, default=3, help="--sweep: rounds over the runners")
+    ap.add_argument("--rows", default="0,1,2,3,4,5", help="--sweep: which shapes (0-5)")
+    ap.add_argument("--runners", default="ours,fp32,bf16,compile", help="--sweep: which runners")
     args = ap.parse_args()
+    if args.sweep:
+        from sweep import sweep
+        return sweep([int(r) for r in args.rows.split(",")], args.repeats, max(args.steps, 1),
+                     tuple(args.runners.split(",")))
     skip = set(filter(None, args.skip.split(",")))
     import torch  # noqa: F401  (load its libraries before threadpoolctl looks)
     cfg, _ = preset("cllm-4.5m")

@@ -273,7 +273,7 @@ def test_buffers_hold_exactly_what_the_model_needs():
     assert ws.a["dfch"].shape == ws.a["dfch_gelu"].shape == (N, 4 * C)
     hs = C // TINY.n_head          # 16, T = 32: both already multiples of 16
     # attention: one row of log-sum-exp per query and head, no T x T matrix; its scratch holds
-    # seven packed (T, hs) copies of one head, two 64 x T blocks of P and dS, D and a 4 x hs tile
+    # five packed (T, hs) copies of one head, two 64 x T blocks of P and dS, D and a 4 x hs tile
     assert ws.a["lse"].shape == (L, 3 * TINY.n_head * T)
-    assert ws.a["att_scratch"].shape == (7 * T * hs + 2 * 64 * T + T + 4 * hs,)
+    assert ws.a["att_scratch"].shape == (5 * T * hs + 2 * 64 * T + T + 4 * hs,)
     assert "att" not in ws.a and "datt" not in ws.a

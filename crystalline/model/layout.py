@@ -63,7 +63,7 @@ def activation_shapes(cfg, B: int, T: int) -> list[tuple[str, tuple[int, ...]]]:
         # backward scratch, reused by every layer
         ("dresidual", (N, C)), ("dln", (N, C)), ("datty", (N, C)), ("dqkv", (N, 3 * C)),
         ("dfch", (N, 4 * C)), ("dfch_gelu", (N, 4 * C)), ("dlogits", (N, V)),
-        ("att_scratch", (scratch_floats(T, C // NH),)),   # one head packed, P and dS blocks
+        ("att_scratch", (scratch_floats(T, C // NH),)),   # one head packed; P, dS row blocks
     ]
 
 

@@ -1,16 +1,19 @@
 """The row passes of flash attention (attention.py) as whole 16-lane vector loops (LLVM IR): no
 scalar tails, no per-row float64 round trips.
 
+    top = max_row(x, off, n)                          max of x.flat[off : off + n], n >= 1
     total = exp_row(x, off, n, width, shift)
         x = x.flat[off : off + width]; x[:n] = e^(x[:n] - shift); x[n:] = 0; total = sum x[:n]
-    ds_row(p, p_off, d, d_off, n, width, D)
-        d[j] = p[j] (d[j] - D) for j < n, 0 for n <= j < width     (softmax backward given D)
+    ds_row(p, p_off, d, d_off, n, width, D, scale)
+        d[j] = p[j] (d[j] - D) scale for j < n, 0 for n <= j < width    (softmax backward, given D)
 
 width: a multiple of 16, 0 <= n <= width. Entries past n are never read as numbers (they are
 masked), so they may hold anything. Lane sums run in a fixed order (lane k takes elements k,
 k + 16, ...; then a pairwise tree), so results are bitwise reproducible. e^x is exp32's
 polynomial (simd.py) evaluated with fused multiply-adds, for x <= 0 (clamped at -87).
 """
+
+import math
 
 from llvmlite import ir
 from numba import types
@@ -93,6 +96,30 @@ def _row_base(context, builder, sig, args, i):
 
 
 @intrinsic
+def max_row(typingctx, x, off, n):
+    if not _is_f32_array(x):
+        return None
+    sig = types.float32(x, off, n)
+
+    def codegen(context, builder, sig, args):
+        V = _Vectors(context, builder)
+        b, intp = builder, V.intp
+        base = _row_base(context, builder, sig, args, 0)
+        n_ = context.cast(b, args[2], sig.args[2], types.intp)
+        ninf = V.splat(-math.inf)
+        m = cgutils.alloca_once_value(b, ninf)
+
+        def gmax(p, q):
+            return b.select(b.fcmp_ordered(">", p, q), p, q)
+
+        def find_max(v):
+            b.store(gmax(b.load(m), b.select(V.valid(v, n_), V.load(base, v), ninf)), m)
+        V.loop(ir.Constant(intp, 0), _nvec(b, n_, intp), find_max)
+        return _tree(b, b.load(m), gmax)
+    return sig, codegen
+
+
+@intrinsic
 def exp_row(typingctx, x, off, n, width, shift):
     if not _is_f32_array(x):
         return None
@@ -120,10 +147,10 @@ def exp_row(typingctx, x, off, n, width, shift):
 
 
 @intrinsic
-def ds_row(typingctx, p, p_off, d, d_off, n, width, D):
+def ds_row(typingctx, p, p_off, d, d_off, n, width, D, scale):
     if not (_is_f32_array(p) and _is_f32_array(d)):
         return None
-    sig = types.void(p, p_off, d, d_off, n, width, D)
+    sig = types.void(p, p_off, d, d_off, n, width, D, scale)
 
     def codegen(context, builder, sig, args):
         V = _Vectors(context, builder)
@@ -133,10 +160,11 @@ def ds_row(typingctx, p, p_off, d, d_off, n, width, D):
         nv = _nvec(b, n_, intp)
         wv = b.udiv(context.cast(b, args[5], sig.args[5], types.intp), ir.Constant(intp, LANES))
         D_ = V.splat(context.cast(b, args[6], sig.args[6], types.float32))
+        scale = V.splat(context.cast(b, args[7], sig.args[7], types.float32))
         zeros = V.splat(0.0)
 
         def gradient(v):
-            g = b.fmul(V.load(pb, v), b.fsub(V.load(db, v), D_))
+            g = b.fmul(b.fmul(V.load(pb, v), b.fsub(V.load(db, v), D_)), scale)
             V.store(b.select(V.valid(v, n_), g, zeros), db, v)
         V.loop(ir.Constant(intp, 0), nv, gradient)
         V.loop(nv, wv, lambda v: V.store(zeros, db, v))

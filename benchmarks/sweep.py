@@ -1,0 +1,144 @@
+"""The shape sweep of `benchmarks/vs_pytorch.py --sweep`: crystalline against PyTorch on the six
+shapes of issue #17, each (shape, runner) in its own process so that its peak RSS is its own.
+
+    timeout 5400 python benchmarks/vs_pytorch.py --sweep [--repeats 3] [--steps 2] [--rows 0,5]
+    python benchmarks/sweep.py RUNNER ROW STEPS      # one child: prints "tokens/s peak-RSS-MiB"
+
+Runners, all training steps of the same model (nanoGPT's GPT, byte vocabulary 256) on random
+tokens of global batch B x T: forward + backward + gradient clipping + AdamW.
+  ours          Trainer(workers=2).step() (the real engine, 2 sphere workers)
+  fp32          PyTorch eager, float32, torch.set_num_threads(2) (tests' torch_loss: F.linear,
+                F.scaled_dot_product_attention, ...; torch.optim.AdamW)
+  bf16          the same under torch.autocast("cpu", torch.bfloat16)
+  compile       the same loss through torch.compile (inductor), float32
+Each child warms up with one step (compiles: numba cache, torch.compile) and times STEPS more
+(median step). The parent runs the runners one after another and repeats the round, so load from
+other users of the machine hits every runner alike; it prints medians over the rounds and the
+median of per-round ratios.
+"""
+
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+# (C, L, NH, T, B): the rows of issue #17's table
+ROWS = [(256, 6, 8, 128, 16), (384, 6, 6, 256, 8), (768, 2, 12, 256, 4), (512, 4, 4, 128, 8),
+        (256, 6, 8, 512, 8), (256, 6, 8, 1024, 8)]
+RUNNERS = ("ours", "fp32", "bf16", "compile")
+CORPUS = ROOT / "data" / "tinyshakespeare.txt"
+
+
+def model_config(row):
+    from crystalline.config import ModelConfig
+    C, L, NH, T, _ = ROWS[row]
+    return ModelConfig(vocab_size=256, block_size=T, n_layer=L, n_head=NH, n_embd=C)
+
+
+def our_step(cfg, B):
+    from crystalline.config import TrainConfig
+    from crystalline.engine.trainer import Trainer
+    trainer = Trainer(cfg, TrainConfig(batch_size=B, eval_interval=0, warmup_steps=10),
+                      str(CORPUS), workers=2)
+    return lambda: trainer.step()
+
+
+def torch_step(cfg, B, mode):
+    import torch
+    from crystalline.model.gpt import GPT
+    from test_torch_parity import torch_adamw, torch_loss
+    torch.set_num_threads(2)
+    tp = {k: torch.tensor(v.copy(), requires_grad=True)
+          for k, v in GPT(cfg, seed=0).param_views().items()}
+    opt = torch_adamw(tp)
+    loss_fn = torch.compile(torch_loss) if mode == "compile" else torch_loss
+    rng = np.random.default_rng(0)
+
+    def step():
+        data = torch.from_numpy(rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1)))
+        x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+        if mode == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, _ = loss_fn(tp, cfg, x, y)
+        else:
+            loss, _ = loss_fn(tp, cfg, x, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(tp.values()), 1.0)
+        opt.step()
+        return loss.item()
+    return step
+
+
+def child(runner, row, steps):
+    """Warm up, time `steps` steps; print median tokens/s and this process's peak RSS (MiB)."""
+    cfg, B = model_config(row), ROWS[row][4]
+    step = our_step(cfg, B) if runner == "ours" else torch_step(cfg, B, runner)
+    step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{B * cfg.block_size / statistics.median(times):.1f} {peak:.0f}")
+
+
+def run_child(runner, row, steps):
+    """(tokens/s, peak RSS MiB) of one child process, or None if that runner fails here."""
+    proc = subprocess.run([sys.executable, __file__, runner, str(row), str(steps)], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"    {runner} failed here: {last}", flush=True)
+        return None
+    tps, rss = proc.stdout.split()[-2:]
+    return float(tps), float(rss)
+
+
+def sweep(rows, repeats, steps, runners=RUNNERS):
+    """Run the sweep and print one table row per shape."""
+    import os
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; "
+          f"{repeats} rounds x {len(runners)} runners per shape, {steps} timed steps each")
+    header = (f"{'C, L, NH (hs), T, B':26s} {'ours tok/s':>10s} " +
+              " ".join(f"{'vs ' + r:>10s}" for r in runners if r != "ours") +
+              f" {'peak RSS MiB ' + ' / '.join(runners):>38s}")
+    print(header, flush=True)
+    for row in rows:
+        C, L, NH, T, B = ROWS[row]
+        got = {r: [] for r in runners}
+        for _ in range(repeats):
+            for r in runners:
+                got[r].append(run_child(r, row, steps))
+        ours = [g for g in got["ours"] if g]
+        if not ours:
+            print(f"{C}, {L}, {NH} (hs {C // NH}), {T}, {B}: our runner failed", flush=True)
+            continue
+        cells = []
+        for r in runners:
+            if r == "ours":
+                continue
+            pairs = [(o[0], t[0]) for o, t in zip(got["ours"], got[r]) if o and t]
+            cells.append(f"{statistics.median(o / t for o, t in pairs):9.2f}x" if pairs else
+                         f"{'-':>10s}")
+        rss = " / ".join(f"{statistics.median(g[1] for g in got[r] if g):.0f}"
+                         if any(got[r]) else "-" for r in runners)
+        print(f"{f'{C}, {L}, {NH} (hs {C // NH}), {T}, {B}':26s} "
+              f"{statistics.median(o[0] for o in ours):10.0f} {' '.join(cells)} {rss:>38s}",
+              flush=True)
+        for r in runners:
+            print(f"    {r:8s} tokens/s by round: "
+                  f"{', '.join(f'{g[0]:.0f}' if g else 'failed' for g in got[r])}", flush=True)
+
+
+if __name__ == "__main__":
+    child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
