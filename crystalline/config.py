@@ -111,10 +111,13 @@ class ModelConfig(_Config):
     n_layer: int = 6        # L: transformer blocks
     n_head: int = 8         # NH: attention heads; n_embd must divide by it
     n_embd: int = 256       # C: channels
+    dropout: float = 0.0    # drop probability in training (embeddings, attention, residual branches)
 
     def _validate(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             self._require(getattr(self, name) > 0, name, "use a positive integer")
+        self._require(0 <= self.dropout < 1, "dropout",
+                      "use a drop probability 0 <= dropout < 1 (0 turns dropout off)")
         self._require(self.n_embd % self.n_head == 0, "n_embd",
                       f"n_embd must be divisible by n_head = {self.n_head} "
                       f"(e.g. n_embd = {self.n_head * max(1, round(self.n_embd / self.n_head))})")
@@ -178,6 +181,12 @@ PRESETS: dict[str, tuple[ModelConfig, TrainConfig]] = {
     "cllm-4.5m": (ModelConfig(block_size=128, n_layer=6, n_head=8, n_embd=256),
                   TrainConfig(batch_size=16, learning_rate=1e-3, min_lr=1e-4, warmup_steps=100,
                               max_steps=5000, eval_interval=250)),
+    # nanoGPT's shakespeare-char recipe (config/train_shakespeare_char.py): about 10.8M
+    # parameters with the byte vocabulary, dropout 0.2 against overfitting Tiny Shakespeare.
+    "shakespeare-char": (ModelConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+                         TrainConfig(batch_size=64, learning_rate=1e-3, min_lr=1e-4,
+                                     warmup_steps=100, max_steps=5000, beta2=0.99,
+                                     eval_interval=250, eval_batches=8)),
 }
 
 

@@ -98,7 +98,7 @@ def hf_config(cfg) -> dict:
         "activation_function": "gelu_new", "layer_norm_epsilon": EPS,
         "tie_word_embeddings": True, "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
         "bos_token_id": None, "eos_token_id": None, "dtype": "float32",
     }
 
@@ -160,7 +160,7 @@ def to_nanogpt(model, out_dir) -> Path:
     _write_safetensors(out / "model.safetensors", tensors)
     _write_json(out / "config.json", {"block_size": cfg.block_size, "vocab_size": cfg.vocab_size,
                                       "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-                                      "n_embd": cfg.n_embd, "dropout": 0.0, "bias": True})
+                                      "n_embd": cfg.n_embd, "dropout": cfg.dropout, "bias": True})
     return out
 
 
@@ -255,7 +255,8 @@ def from_hf(model_dir):
                               + "; ".join(dict.fromkeys(diffs)))
     try:
         cfg = ModelConfig(vocab_size=config["vocab_size"], block_size=config["n_positions"],
-                          n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"])
+                          n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],
+                          dropout=_hf_dropout(config, folder))
     except KeyError as e:
         raise CheckpointError(f"{folder / 'config.json'}: missing key {e}") from None
     except ConfigError as e:
@@ -263,6 +264,17 @@ def from_hf(model_dir):
     model = GPT(cfg, seed=0)
     load_state_dict(model, tensors, conv1d=True, where=str(folder / "model.safetensors"))
     return model, _hf_tokenizer(folder, cfg.vocab_size)
+
+
+def _hf_dropout(config: dict, folder: Path) -> float:
+    """ModelConfig.dropout from GPT-2's three drop probabilities (transformers' default 0.1 where
+    absent); where they differ, the residual one, with a warning naming the others."""
+    import warnings
+    drops = {k: config.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+    if len(set(drops.values())) > 1:
+        warnings.warn(f"{folder / 'config.json'}: crystalline has one dropout probability; using "
+                      f"resid_pdrop = {drops['resid_pdrop']} for all of {drops}", stacklevel=3)
+    return drops["resid_pdrop"]
 
 
 def _hf_tokenizer(folder: Path, vocab_size: int):
@@ -293,10 +305,11 @@ def _hf_tokenizer(folder: Path, vocab_size: int):
 
 
 def trainer_from_hf(trainer_cls, model_dir, train_cfg, data, tokenizer=None, vocab_size=None,
-                    workers=None, sync="lock_free", run_dir=None):
+                    workers=None, sync="lock_free", run_dir=None, dropout=None):
     """A Trainer (or DistributedTrainer) on `data` whose model starts from a local GPT-2 folder
     (`from_hf`), with the folder's tokenizer; `tokenizer` (a spec as for load_corpus) only when
-    the folder has none, and its vocabulary must then equal the model's."""
+    the folder has none, and its vocabulary must then equal the model's. dropout: None keeps the
+    folder's drop probability."""
     from crystalline.data.corpus import load_corpus
     from crystalline.errors import ConfigError
     model, folder_tokenizer = from_hf(model_dir)
@@ -308,7 +321,8 @@ def trainer_from_hf(trainer_cls, model_dir, train_cfg, data, tokenizer=None, voc
         raise ConfigError(f"the tokenizer has {corpus.tokenizer.vocab_size} tokens but the model in "
                           f"{model_dir} has a vocabulary of {model.config.vocab_size}; use the "
                           "tokenizer the model was trained with (its tokenizer.json)")
-    trainer = trainer_cls(model.config, train_cfg, corpus, workers=workers, sync=sync, run_dir=run_dir)
+    model_cfg = model.config if dropout is None else model.config.replace(dropout=dropout)
+    trainer = trainer_cls(model_cfg, train_cfg, corpus, workers=workers, sync=sync, run_dir=run_dir)
     trainer.model.params[:] = model.params
     trainer.model.weights_changed()
     return trainer

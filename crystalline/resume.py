@@ -10,7 +10,8 @@ the schedule). So, per flag:
   --steps (steps to run now), --eval-interval, --ckpt-interval, --workers, --sync, --sample,
   --no-progress, --run-dir, --distributed, and --data for the same text at another path;
 - refused when it differs from the checkpoint (exit 2, naming the flag): --preset and --config
-  (the model's shape and every hyperparameter are the checkpoint's), --tokenizer (the token
+  (the model's shape and every hyperparameter are the checkpoint's), --dropout (the model's
+  drop probability), --tokenizer (the token
   ids the model learnt), --batch-size and --seed (which sequences each step draws), --lr and
   --max-steps (the learning-rate schedule), --precision (the arithmetic of every step; the
   checkpoint's precision carries over). A new run (without --resume) changes them.
@@ -42,6 +43,10 @@ def check_flags(args, meta: dict, ckpt) -> None:
         if given is not None:
             raise ConfigError(f"{flag} cannot change a resumed run: {ckpt} holds its model and "
                               f"training config; drop {flag}, or start a new run without --resume")
+    saved_dropout = meta["model_config"].get("dropout", 0.0)
+    if args.dropout is not None and args.dropout != saved_dropout:
+        raise ConfigError(f"--dropout {args.dropout} cannot change a resumed run (dropout = "
+                          f"{saved_dropout} in {ckpt}); drop --dropout, or start a new run")
     kind = meta["tokenizer"].get("kind")
     if args.tokenizer is not None and args.tokenizer != kind:
         raise ConfigError(f"--tokenizer {args.tokenizer} cannot change a resumed run: the model in "

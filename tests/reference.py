@@ -24,8 +24,8 @@ def matmul(x, w, b=None):
     return out if b is None else out + b
 
 
-def attention(qkv, NH):
-    """qkv (B, T, 3C) -> y (B, T, C), causal."""
+def attention(qkv, NH, drop=lambda p: p):
+    """qkv (B, T, 3C) -> y (B, T, C), causal; drop: dropout of the (B, NH, T, T) probabilities."""
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // NH
@@ -34,7 +34,7 @@ def attention(qkv, NH):
     scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
     p = np.exp(scores - scores.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    return (p @ v).transpose(0, 2, 1, 3).reshape(B, T, C), p
+    return (drop(p) @ v).transpose(0, 2, 1, 3).reshape(B, T, C), p
 
 
 def gelu(x):
@@ -62,17 +62,21 @@ def adamw(p, g, m, v, mask, lr, beta1, beta2, eps, wd, t):
     return p - lr / (1 - beta1 ** t) * m / denom, m, v
 
 
-def gpt_loss(p, cfg, idx, targets):
-    """Mean next-token loss of the GPT; p: dict of float64 parameter tensors."""
+def gpt_loss(p, cfg, idx, targets, drop=None):
+    """Mean next-token loss of the GPT; p: dict of float64 parameter tensors. drop: None, or
+    drop(x, layer, site) -> x through that dropout site's mask (nanoGPT's four sites: "embedding"
+    (B*T, C), "attention" (B, NH, T, T), "attn_out" and "mlp_out" (B*T, C))."""
+    drop = drop or (lambda x, layer, site: x)
     B, T = idx.shape
-    x = encoder(idx, p["wte"], p["wpe"])
+    x = drop(encoder(idx, p["wte"], p["wpe"]), 0, "embedding")
     for l in range(cfg.n_layer):
         h = layernorm(x, p["ln1w"][l], p["ln1b"][l])
         qkv = matmul(h, p["qkvw"][l], p["qkvb"][l]).reshape(B, T, -1)
-        y, _ = attention(qkv, cfg.n_head)
-        x = x + matmul(y.reshape(B * T, -1), p["attprojw"][l], p["attprojb"][l])
+        y, _ = attention(qkv, cfg.n_head, lambda att, l=l: drop(att, l, "attention"))
+        x = x + drop(matmul(y.reshape(B * T, -1), p["attprojw"][l], p["attprojb"][l]), l, "attn_out")
         h = layernorm(x, p["ln2w"][l], p["ln2b"][l])
-        x = x + matmul(gelu(matmul(h, p["fcw"][l], p["fcb"][l])), p["fcprojw"][l], p["fcprojb"][l])
+        x = x + drop(matmul(gelu(matmul(h, p["fcw"][l], p["fcb"][l])), p["fcprojw"][l], p["fcprojb"][l]),
+                     l, "mlp_out")
     logits = matmul(layernorm(x, p["lnfw"], p["lnfb"]), p["wte"])
     losses, _ = crossentropy(logits, targets.reshape(-1))
     return losses.mean(), logits.reshape(B, T, -1)

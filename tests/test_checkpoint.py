@@ -16,16 +16,18 @@ MODEL_CFG, TRAIN_CFG = preset("tiny")
 TRAIN_CFG = TRAIN_CFG.replace(batch_size=12, eval_interval=0)
 
 
-@pytest.mark.parametrize("workers", [1, 12])
-def test_resume_is_bitwise_identical_to_an_uninterrupted_run(shakespeare, tmp_path, workers):
-    with Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=workers) as straight:
+@pytest.mark.parametrize("workers, dropout", [(1, 0.0), (12, 0.0), (3, 0.2)])
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(shakespeare, tmp_path, workers, dropout):
+    model_cfg = MODEL_CFG.replace(dropout=dropout)     # a resumed run draws the same masks
+    with Trainer(model_cfg, TRAIN_CFG, shakespeare, workers=workers) as straight:
         straight_losses = [straight.step().loss for _ in range(6)]
-    with Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=workers) as first:
+    with Trainer(model_cfg, TRAIN_CFG, shakespeare, workers=workers) as first:
         for _ in range(3):
             first.step()
         first.save(tmp_path / "ckpt.safetensors")
     with Trainer.load(tmp_path / "ckpt.safetensors", corpus=shakespeare) as resumed:
         assert resumed.steps_done == 3 and resumed.workers == workers
+        assert resumed.model_cfg.dropout == dropout
         resumed_losses = [resumed.step().loss for _ in range(3)]
     assert resumed_losses == straight_losses[3:]
     assert np.array_equal(resumed.model.params, straight.model.params)

@@ -38,6 +38,8 @@ def test_train_writes_a_run_folder_then_resumes_and_samples(tmp_path, capsys):
     (["train", "--steps", "0"], "--steps"),
     (["train", "--workers", "0", "--steps", "1"], "workers"),
     (["train", "--batch-size", "-2", "--steps", "1"], "batch_size"),
+    (["train", "--dropout", "1", "--steps", "1"], "ModelConfig.dropout = 1.0"),
+    (["train", "--dropout", "nan", "--steps", "1"], "ModelConfig.dropout = nan"),
     (["train", "--data", "/no/such/corpus.txt", "--steps", "1"], "does not exist"),
     (["sample", "--ckpt", "/no/such.safetensors"], "does not exist"),
 ])

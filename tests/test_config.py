@@ -46,18 +46,18 @@ def test_frozen_replace_and_dict_round_trip():
     with pytest.raises(ConfigError, match="no field"):
         cfg.replace(n_layers=3)
     with pytest.raises(ConfigError, match="unknown ModelConfig field"):
-        ModelConfig.from_dict({"n_embd": 64, "dropout": 0.1})
+        ModelConfig.from_dict({"n_embd": 64, "bias": False})
 
 
 def test_presets():
-    for name in ("tiny", "small", "cllm-4.5m"):
+    for name in ("tiny", "small", "cllm-4.5m", "shakespeare-char"):
         model_cfg, train_cfg = preset(name)
         assert isinstance(model_cfg, ModelConfig) and isinstance(train_cfg, TrainConfig)
     assert preset("cllm-4.5m")[0] == ModelConfig(vocab_size=256, block_size=128, n_layer=6, n_head=8,
                                                  n_embd=256)
     with pytest.raises(ConfigError, match="unknown preset 'huge'.*tiny"):
         preset("huge")
-    assert set(PRESETS) == {"tiny", "small", "cllm-4.5m"}
+    assert set(PRESETS) == {"tiny", "small", "cllm-4.5m", "shakespeare-char"}
 
 
 def test_toml_round_trip_and_preset_base(tmp_path):

@@ -14,9 +14,10 @@ from crystalline.engine.optimizer import ADAM_EPS
 from crystalline.engine.stats import FIELD
 from crystalline.engine.trainer import TrainingStopped
 from crystalline.errors import ConfigError, TrainingError
+from crystalline.model.dropout import DropoutKey
 from crystalline.model.gpt import GPT
 from crystalline.model.kernels.adamw import adamw_step
-from crystalline.model.kernels.clip import grad_norm, scale_
+from crystalline.model.kernels.clip import grad_norm
 
 MODEL_CFG, TRAIN_CFG = preset("tiny")
 TRAIN_CFG = TRAIN_CFG.replace(batch_size=24, eval_interval=0)
@@ -26,25 +27,31 @@ def make_trainer(corpus, **kw):
     return Trainer(MODEL_CFG, kw.pop("train_cfg", TRAIN_CFG), corpus, **kw)
 
 
-def reference_params(corpus, steps, train_cfg=TRAIN_CFG):
-    """Single-thread training on the same global batches: forward, backward, clip, AdamW."""
-    model = GPT(MODEL_CFG, seed=train_cfg.seed)
+def reference_params(corpus, steps, train_cfg=TRAIN_CFG, model_cfg=MODEL_CFG):
+    """Single-thread training on the same global batches: forward, backward, clip, AdamW; with
+    dropout, step s draws the masks of (seed, s, sequences 0..B-1 of the global batch)."""
+    model = GPT(model_cfg, seed=train_cfg.seed)
     train, _ = corpus.split(0.1)
     T, B = MODEL_CFG.block_size, train_cfg.batch_size
     batches = Batches(train, T, B, train_cfg.seed)
     m, v = np.zeros_like(model.params), np.zeros_like(model.params)
     x, y = np.empty((B, T), np.int32), np.empty((B, T), np.int32)
+    ws, grad = model.workspace(B), np.zeros_like(model.params)
     for step in range(steps):
         batches.fill(step, 0, B, x, y)
-        model.forward(x, y)
-        grad = model.backward()
-        norm = grad_norm(grad)
+        model.forward_into(ws, x, y, dropout=DropoutKey(train_cfg.seed, step, 0))
+        # the gradient of the summed token losses, divided by the token count as AdamW reads it
+        # (so that a gradient below Adam's eps, where the update follows its rounding, is
+        # rounded as the engine rounds it)
+        model.backward_into(ws, grad, 1.0, accumulate=False)
+        scale = 1.0 / (B * T)
+        norm = grad_norm(grad) * scale
         if norm > train_cfg.grad_clip:
-            scale_(grad, train_cfg.grad_clip / norm)
+            scale *= train_cfg.grad_clip / norm
         lr = ref.warmup_cosine(step, train_cfg.learning_rate, train_cfg.min_lr, train_cfg.warmup_steps,
                                train_cfg.max_steps)          # the schedule written in the tests
         adamw_step(model.params, grad, m, v, model.decay_mask, lr,
-                   train_cfg.beta1, train_cfg.beta2, ADAM_EPS, train_cfg.weight_decay, step + 1)
+                   train_cfg.beta1, train_cfg.beta2, ADAM_EPS, train_cfg.weight_decay, step + 1, scale)
     return model.params.copy()
 
 
@@ -64,6 +71,30 @@ def test_any_tree_equals_single_thread(shakespeare, reference, workers):
         losses = [tr.step().loss for _ in range(3)]
     assert all(np.isfinite(losses))
     assert_close_params(tr.model.params, reference)
+
+
+@pytest.fixture(scope="module")
+def dropout_reference(shakespeare):
+    return reference_params(shakespeare, 3, model_cfg=MODEL_CFG.replace(dropout=0.2))
+
+
+@pytest.mark.parametrize("workers, balance", [(1, "static"), (2, "static"), (12, "static"),
+                                              (63, "static"), (5, "dynamic")])
+def test_a_dropout_run_is_the_same_on_any_tree(shakespeare, reference, dropout_reference, workers,
+                                               balance):
+    """Each worker draws the masks of its sequences' indices in the global batch, so any tree
+    (and dynamic chunks) trains as the single thread does; dropout visibly acts."""
+    with Trainer(MODEL_CFG.replace(dropout=0.2), TRAIN_CFG, shakespeare, workers=workers,
+                 balance=balance) as tr:
+        for _ in range(3):
+            tr.step()
+        val = tr.evaluate(2)
+    assert_close_params(tr.model.params, dropout_reference)
+    assert np.abs(tr.model.params - reference).max() > 1e-3 * np.abs(reference).max()
+    with Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=workers, balance=balance) as plain:
+        plain.model.params[:] = tr.model.params
+        # no dropout in validation (dynamic chunks sum the losses in a varying order)
+        assert plain.evaluate(2) == pytest.approx(val, rel=1e-6, abs=0)
 
 
 def test_full_lattice_and_model_lock_equal_single_thread(shakespeare, reference):

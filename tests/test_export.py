@@ -92,7 +92,9 @@ def test_import_of_a_random_gpt2_gives_the_same_logits(tmp_path):
     hf.save_pretrained(tmp_path)
     model, tokenizer = from_hf(tmp_path)
     assert tokenizer is None
-    assert model.config == ModelConfig(vocab_size=97, block_size=24, n_layer=2, n_head=3, n_embd=48)
+    # transformers' default drop probabilities (0.1) come with it
+    assert model.config == ModelConfig(vocab_size=97, block_size=24, n_layer=2, n_head=3, n_embd=48,
+                                       dropout=0.1)
     x = np.random.default_rng(1).integers(0, 97, (2, 24))
     model.forward(x.astype(np.int32))
     with torch.no_grad():
@@ -254,3 +256,19 @@ def main_raising(argv):
     from crystalline.cli import build_parser
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def test_dropout_goes_into_the_exported_configs_and_comes_back(tmp_path):
+    model = GPT(ModelConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.2))
+    to_hf(model, None, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["resid_pdrop"] == config["embd_pdrop"] == config["attn_pdrop"] == 0.2
+    hf_config = transformers.GPT2Config.from_pretrained(tmp_path / "hf")
+    assert hf_config.resid_pdrop == hf_config.embd_pdrop == hf_config.attn_pdrop == 0.2
+    assert from_hf(tmp_path / "hf")[0].config == model.config
+    to_nanogpt(model, tmp_path / "nano")
+    assert json.loads((tmp_path / "nano" / "config.json").read_text())["dropout"] == 0.2
+    config["attn_pdrop"] = 0.0          # three probabilities crystalline cannot tell apart
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="one dropout probability"):
+        assert from_hf(tmp_path / "hf")[0].config.dropout == 0.2

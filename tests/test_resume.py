@@ -63,6 +63,7 @@ def resume(run, *flags):
     (["--seed", "7"], "--seed 7"),
     (["--lr", "0.01"], "--lr 0.01"),
     (["--max-steps", "50"], "--max-steps 50"),
+    (["--dropout", "0.1"], "--dropout 0.1"),
 ])
 def test_flags_that_would_change_the_run_are_refused(run, flags, named, capsys):
     before = (run / "checkpoint.safetensors").read_bytes(), (run / "metrics.jsonl").read_bytes()

@@ -32,21 +32,23 @@ PATHS = {
 DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
 
 
-def torch_loss(p, cfg, idx, targets):
-    """nanoGPT's forward written over a dict of leaf tensors with our names and shapes."""
+def torch_loss(p, cfg, idx, targets, dropout=0.0):
+    """nanoGPT's forward written over a dict of leaf tensors with our names and shapes; dropout:
+    its drop probability in training (embeddings, attention, both residual branches)."""
     B, T = idx.shape
     C, NH = cfg.n_embd, cfg.n_head
-    x = p["wte"][idx] + p["wpe"][:T]
+    drop = (lambda t: F.dropout(t, dropout)) if dropout > 0 else (lambda t: t)
+    x = drop(p["wte"][idx] + p["wpe"][:T])
     for l in range(cfg.n_layer):
         h = F.layer_norm(x, (C,), p["ln1w"][l], p["ln1b"][l], 1e-5)
         q, k, v = F.linear(h, p["qkvw"][l], p["qkvb"][l]).split(C, dim=2)
         q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        x = x + F.linear(y, p["attprojw"][l], p["attprojb"][l])
+        x = x + drop(F.linear(y, p["attprojw"][l], p["attprojb"][l]))
         h = F.layer_norm(x, (C,), p["ln2w"][l], p["ln2b"][l], 1e-5)
         h = F.gelu(F.linear(h, p["fcw"][l], p["fcb"][l]), approximate="tanh")
-        x = x + F.linear(h, p["fcprojw"][l], p["fcprojb"][l])
+        x = x + drop(F.linear(h, p["fcprojw"][l], p["fcprojb"][l]))
     logits = F.linear(F.layer_norm(x, (C,), p["lnfw"], p["lnfb"], 1e-5), p["wte"])
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1)), logits
 

@@ -34,7 +34,7 @@ from pathlib import Path
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on the sphere tree",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", help="tiny | small | cllm-4.5m (default: tiny)")
+    p.add_argument("--preset", help="tiny | small | cllm-4.5m | shakespeare-char (default: tiny)")
     p.add_argument("--config", type=Path, help="a TOML file with [model] and [train] tables")
     p.add_argument("--data", help="text file, folder or squad:PATH (default: bundled Tiny Shakespeare)")
     p.add_argument("--tokenizer", metavar="byte|word|bpe|PATH.json",
@@ -60,6 +60,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--precision", choices=["fp32", "bf16"],
                    help="bf16: matmuls on bf16 copies, fp32 accumulation (needs avx512_bf16)")
+    p.add_argument("--dropout", type=float, help="drop probability in training, 0 <= p < 1 "
+                   "(embeddings, attention, residual branches; default: the preset's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-interval", type=int, help="steps between validation losses (0: off)")
     p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<preset>-<time>)")
@@ -85,6 +87,8 @@ def _configs(args):
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "learning_rate" in overrides:
         overrides["min_lr"] = min(train_cfg.min_lr, overrides["learning_rate"])
+    if args.dropout is not None:
+        model_cfg = model_cfg.replace(dropout=args.dropout)
     return model_cfg, schedule_for_run(train_cfg.replace(**overrides), args.steps, args.max_steps)
 
 
@@ -104,7 +108,8 @@ def _make_trainer(args, run_dir):
         from crystalline.export import trainer_from_hf
         return trainer_from_hf(Trainer, args.init_from, train_cfg, data,
                                tokenizer_spec(args.tokenizer), args.vocab_size,
-                               workers=args.workers, sync=args.sync, run_dir=run_dir)
+                               workers=args.workers, sync=args.sync, run_dir=run_dir,
+                               dropout=model_cfg.dropout if args.dropout is not None else None)
     corpus = load_corpus(data, tokenizer_spec(args.tokenizer), vocab_size=args.vocab_size)
     return Trainer(model_cfg, train_cfg, corpus, workers=args.workers, sync=args.sync, run_dir=run_dir)
 

@@ -1,7 +1,7 @@
 """The running sphere threads of one hierarchy: Point A, parallel compute, Point B, tree reduction.
 
     tree = SphereTree(hierarchy, model, (first, count), stats, update=fn, sync="lock_free",
-                      balance="static", straggler_mode="sleep")
+                      balance="static", straggler_mode="sleep", dropout_seed=0)
     tree.slowdown[w] = 2.0                             # between steps: worker w twice as slow
     outcome = tree.run(Job("train", step, batches))    # called by the trainer, any thread
     tree.close()
@@ -14,7 +14,9 @@ It never runs forward or backward. Workers compute into their own workspace and 
 of `grads`; controls reduce in place (see reduce.py). No lock is taken anywhere on the compute
 path unless sync="model_lock", the predecessor's global lock kept as a baseline. With
 balance="dynamic" workers take the step's chunks from a shared counter instead of computing a
-fixed slice, and a slowed worker waits after each forward+backward (see balance.py).
+fixed slice, and a slowed worker waits after each forward+backward (see balance.py). A training
+forward draws its dropout masks by (dropout_seed, step, the global index of its first sequence),
+so every tree shape draws the same masks (model/dropout.py).
 
 Any exception in any sphere aborts both barriers, wakes every waiting control, and comes back
 from `run` as the outcome's `failure`; `abort()` does the same from outside (stop). The
@@ -34,6 +36,7 @@ import numpy as np
 from crystalline.engine.balance import SharedChunks, live_rows, slow_down
 from crystalline.engine.reduce import reduce_rows, reduction_plan, split_by_group
 from crystalline.engine.stats import FIELD, PHASES
+from crystalline.model.dropout import DropoutKey
 
 SYNC_MODES = ("lock_free", "model_lock")
 THREAD_STACK_BYTES = 1 << 20
@@ -64,10 +67,12 @@ class SphereTree:
     """
 
     def __init__(self, hierarchy, model, sequences: tuple[int, int], stats, update,
-                 sync: str = "lock_free", balance: str = "static", straggler_mode: str = "sleep"):
+                 sync: str = "lock_free", balance: str = "static", straggler_mode: str = "sleep",
+                 dropout_seed: int = 0):
         T = model.config.block_size
         first, count = sequences
         self.hierarchy, self.model, self.stats, self.update = hierarchy, model, stats, update
+        self.dropout_seed = dropout_seed
         self.tokens_per_step = count * T
         n_workers = len(hierarchy.workers)
         self.balance, self.straggler_mode = balance, straggler_mode
@@ -222,9 +227,13 @@ class SphereTree:
         clock.step = self.step_label
         return t0, t1, self.job
 
-    def _compute(self, job, ws, x, y, grad, accumulate: bool) -> float:
-        """Forward (+ backward into grad, for training) of x -> y; the summed token loss."""
-        loss = self.model.forward_into(ws, x, y)
+    def _compute(self, job, ws, x, y, grad, accumulate: bool, first: int) -> float:
+        """Forward (+ backward into grad, for training) of x -> y, sequences first, first + 1, ...
+        of the global batch; the summed token loss."""
+        if job.kind == "train" and self.model.config.dropout > 0:
+            loss = self.model.forward_into(ws, x, y, dropout=DropoutKey(self.dropout_seed, job.step, first))
+        else:                     # evaluation, or no dropout: the call is the plain forward
+            loss = self.model.forward_into(ws, x, y)
         if job.kind == "train":
             self.model.backward_into(ws, grad, 1.0, accumulate=accumulate)
         return loss * x.size
@@ -238,7 +247,8 @@ class SphereTree:
         t = time.perf_counter()
         with self.compute_lock:
             self.loss_sums[w] = self._compute(job, self.workspaces[w], self.inputs[w],
-                                              self.targets[w], self.grads[w], accumulate=False)
+                                              self.targets[w], self.grads[w], accumulate=False,
+                                              first=int(self.starts[w]))
         self._straggle(w, row, time.perf_counter() - t)
         return count, 1
 
@@ -254,7 +264,7 @@ class SphereTree:
             t = time.perf_counter()
             with self.compute_lock:
                 loss_sum += self._compute(job, ws, self.batch_x[lo:lo + n], self.batch_y[lo:lo + n],
-                                          grad, accumulate=bool(taken))
+                                          grad, accumulate=bool(taken), first=int(chunks.starts[k]))
             taken.append(k)
             count += n
             self._straggle(w, row, time.perf_counter() - t)

@@ -220,7 +220,8 @@ class Trainer:
             self._close_tree()
             self._blas_limit = threadpool_limits(limits=1)   # parallelism comes from the spheres
             self._tree = SphereTree(self.hierarchy, self.model, self._sequences(), self.stats,
-                                    self._update, self.sync, self.balance, self.straggler_mode)
+                                    self._update, self.sync, self.balance, self.straggler_mode,
+                                    dropout_seed=self.train_cfg.seed)
             self._apply_stragglers()
             self.stats.row(self.hierarchy.node_zero.id)[FIELD["bytes"]] = \
                 self.model.params.nbytes + self.optimizer.nbytes + self.model.bf16_nbytes

@@ -12,6 +12,10 @@ distinct workspaces and gradient rows against the same read-only parameters:
     loss = model.forward_into(ws, idx, targets, params)
     model.backward_into(ws, grad_row, dloss)       # grad_row += dloss * d(sum of token losses)
     model.backward_into(ws, grad_row, dloss, accumulate=False)    # grad_row = ... (no zeroing)
+    loss = model.forward_into(ws, idx, targets, dropout=DropoutKey(seed, step, first))  # training
+
+Dropout (cfg.dropout > 0) acts only in a forward given a DropoutKey (see model/dropout.py): on the
+embeddings, the attention probabilities and the two residual branches, as in nanoGPT.
 
 The gradient is a plain sum over tokens (no batch statistic anywhere), so gradients of slices of a
 batch, summed and divided by the token count, equal the full batch's gradient.
@@ -25,8 +29,10 @@ import math
 import numpy as np
 
 from crystalline.errors import ConfigError
+from crystalline.model.dropout import DropoutKey, attention_dropout, drop_rows
 from crystalline.model.kernels.attention import attention_backward, attention_forward
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward
+from crystalline.model.kernels.dropout_rng import SITE_ATTN_OUT, SITE_EMBEDDING, SITE_MLP_OUT
 from crystalline.model.kernels.encoder import encoder_backward, encoder_forward
 from crystalline.model.kernels.gelu import gelu_backward_from_grad, gelu_forward_keep_grad
 from crystalline.model.kernels.layernorm import layernorm_backward, layernorm_forward
@@ -57,6 +63,7 @@ class Workspace:
         self.nbytes = self.buffer.nbytes
         self._shaped = {}          # (B, T) -> dict of views for that batch shape
         self.state = None          # (params, idx, targets, B, T) of the last forward_into
+        self.dropout = None        # its DropoutKey while dropout acts, else None
 
     def shaped(self, cfg, B: int, T: int) -> dict:
         """Views of the first B sequences at length T (cached per shape)."""
@@ -166,8 +173,10 @@ class GPT:
                               f"0..vocab_size-1 = {self.config.vocab_size - 1}")
         return np.ascontiguousarray(x)
 
-    def forward_into(self, ws: Workspace, idx, targets=None, params=None):
-        """Run the forward on ws; return the mean token loss (None without targets)."""
+    def forward_into(self, ws: Workspace, idx, targets=None, params=None,
+                     dropout: DropoutKey | None = None):
+        """Run the forward on ws; return the mean token loss (None without targets). dropout:
+        the training step's DropoutKey (None: no dropout, as in evaluation and sampling)."""
         cfg = self.config
         params = self.params if params is None else params
         if params.dtype != np.float32 or params.shape != self.params.shape:
@@ -182,15 +191,23 @@ class GPT:
         C, L, NH, V, N = cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.vocab_size, B * T
         p, a = self.param_views(params), ws.shaped(cfg, B, T)
         matmul_forward, _ = self._matmuls(ws, params)
+        if dropout is not None and not isinstance(dropout, DropoutKey):
+            raise ConfigError(f"dropout must be a DropoutKey or None, got {type(dropout).__name__}")
+        key = ws.dropout = dropout if cfg.dropout > 0 else None
+        att_drop = attention_dropout(key, cfg.dropout)
         encoder_forward(a["encoded"], idx, p["wte"], p["wpe"], B, T, C)
+        if key:
+            drop_rows(a["encoded"], a["encoded"], key, cfg.dropout, 0, SITE_EMBEDDING, B, T)
         for l in range(L):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             layernorm_forward(a["ln1"][l], a["ln1_mean"][l], a["ln1_rstd"][l], residual,
                               p["ln1w"][l], p["ln1b"][l], N, C)
             matmul_forward(a["qkv"][l], a["ln1"][l], p["qkvw"][l], p["qkvb"][l], N, C, 3 * C)
             attention_forward(a["atty"][l], a["lse"][l], a["qkv"][l], B, T, C, NH,
-                              a["att_scratch"], 0.0)
+                              a["att_scratch"], *att_drop, l)
             matmul_forward(a["proj"], a["atty"][l], p["attprojw"][l], p["attprojb"][l], N, C, C)
+            if key:
+                drop_rows(a["proj"], a["proj"], key, cfg.dropout, l, SITE_ATTN_OUT, B, T)
             residual_forward(a["residual2"][l].reshape(-1), residual.reshape(-1),
                              a["proj"].reshape(-1), N * C)
             layernorm_forward(a["ln2"][l], a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l],
@@ -200,6 +217,8 @@ class GPT:
             gelu_forward_keep_grad(a["fch_gelu"][l].reshape(-1), a["fch"][l].reshape(-1), N * 4 * C)
             matmul_forward(a["proj"], a["fch_gelu"][l], p["fcprojw"][l], p["fcprojb"][l],
                            N, 4 * C, C)
+            if key:
+                drop_rows(a["proj"], a["proj"], key, cfg.dropout, l, SITE_MLP_OUT, B, T)
             residual_forward(a["residual3"][l].reshape(-1), a["residual2"][l].reshape(-1),
                              a["proj"].reshape(-1), N * C)
         layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["residual3"][L - 1],
@@ -227,6 +246,8 @@ class GPT:
         cfg = self.config
         params, idx, targets, B, T = ws.state
         C, L, NH, V, N = cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.vocab_size, B * T
+        key = ws.dropout
+        att_drop = attention_dropout(key, cfg.dropout)
         p, g, a = self.param_views(params), self.param_views(grad_row), ws.shaped(cfg, B, T)
         _, matmul_backward = self._matmuls(ws, params)
         dres, dln, datty, dqkv, dfch, dfg = (a["dresidual"], a["dln"], a["datty"], a["dqkv"],
@@ -245,7 +266,9 @@ class GPT:
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             # dres holds d residual3[l]; the MLP branch adds into it, making it d residual2[l]
             # dinp_beta = 0.0: the scratch dinp is overwritten, not accumulated (no zeroing)
-            matmul_backward(dfg, g["fcprojw"][l], g["fcprojb"][l], dres, a["fch_gelu"][l],
+            # (with dropout, the branch's gradient is dres through its mask, in the free dln)
+            dbranch = self._undrop(dln, dres, key, l, SITE_MLP_OUT, B, T)
+            matmul_backward(dfg, g["fcprojw"][l], g["fcprojb"][l], dbranch, a["fch_gelu"][l],
                             p["fcprojw"][l], N, 4 * C, C, 0.0, wb)
             gelu_backward_from_grad(dfch.reshape(-1), a["fch"][l].reshape(-1), dfg.reshape(-1),
                                     N * 4 * C)
@@ -254,26 +277,37 @@ class GPT:
             layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], dln, a["residual2"][l],
                                p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l], N, C)
             # the attention branch adds into it, making it d residual3[l - 1]
-            matmul_backward(datty, g["attprojw"][l], g["attprojb"][l], dres, a["atty"][l],
+            dbranch = self._undrop(dln, dres, key, l, SITE_ATTN_OUT, B, T)
+            matmul_backward(datty, g["attprojw"][l], g["attprojb"][l], dbranch, a["atty"][l],
                             p["attprojw"][l], N, C, C, 0.0, wb)
             attention_backward(dqkv, datty, a["qkv"][l], a["atty"][l], a["lse"][l], B, T, C,
-                               NH, False, a["att_scratch"], 0.0)
+                               NH, False, a["att_scratch"], *att_drop, l)
             matmul_backward(dln, g["qkvw"][l], g["qkvb"][l], dqkv, a["ln1"][l], p["qkvw"][l],
                             N, C, 3 * C, 0.0, wb)
             layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], dln, residual, p["ln1w"][l],
                                a["ln1_mean"][l], a["ln1_rstd"][l], N, C)
-        encoder_backward(g["wte"], g["wpe"], dres, idx, B, T, C)
+        encoder_backward(g["wte"], g["wpe"], self._undrop(dres, dres, key, 0, SITE_EMBEDDING, B, T),
+                         idx, B, T, C)
+
+    def _undrop(self, out, dout, key, layer, site, B, T):
+        """The gradient before a dropout site: dout through the site's mask, written to out;
+        dout itself when no dropout acts."""
+        if not key:
+            return dout
+        drop_rows(out, dout, key, self.config.dropout, layer, site, B, T)
+        return out
 
     # ---- the simple API -----------------------------------------------------------------------
 
-    def forward(self, idx, targets=None):
-        """Mean loss of (B, T) idx against targets (None without targets); sets model.logits."""
+    def forward(self, idx, targets=None, dropout: DropoutKey | None = None):
+        """Mean loss of (B, T) idx against targets (None without targets); sets model.logits.
+        dropout: a DropoutKey to train with dropout (None: none, as in evaluation)."""
         if not isinstance(idx, np.ndarray) or idx.ndim != 2:
             raise ConfigError(f"idx must be a 2-D numpy integer array (B, T), got "
                               f"{type(idx).__name__} with shape {getattr(idx, 'shape', None)}")
         if self._ws is None or self._ws.max_batch < idx.shape[0]:
             self._ws = self.workspace(max(1, idx.shape[0]))
-        return self.forward_into(self._ws, idx, targets)
+        return self.forward_into(self._ws, idx, targets, dropout=dropout)
 
     @property
     def logits(self) -> np.ndarray:
