@@ -3,12 +3,15 @@
     python benchmarks/mutation.py                       # every module, smallest first
     python benchmarks/mutation.py --only gpt --jobs 2   # one module (self-contained: copies the tree)
     python benchmarks/mutation.py --only checkpoint --again   # re-test only the last survivors
+    python benchmarks/mutation.py --only spheres --sample 150  # 150 random mutants: an estimate
     python benchmarks/mutation.py --report              # counts of the last runs, nothing re-run
     python benchmarks/mutation.py --report --diffs      # ... and each survivor's diff
 
 Runs mutmut 3 (`pip install mutmut==3.8.1`) on one module at a time, with only that module's
-tests, and prints mutants / killed / survived / timeout / other per module and the surviving
-mutants' names (`--diffs` prints each one's diff). Not part of CI: it takes long.
+tests, and prints mutants / tested / killed / survived / timeout / other per module, the share
+caught ((killed + timeout) / tested, as mutmut scores it: a test run that never ends fails CI
+too) and the surviving mutants' names (`--diffs` prints each one's diff). Not part of CI: it
+takes long.
 
 Each module gets its own work folder outside the repository (default
 $TMPDIR/crystalline-mutation/<module>): a copy of crystalline/, tests/, data/ and pyproject.toml
@@ -16,11 +19,12 @@ plus a setup.cfg with the [mutmut] section, so mutmut's mutants/ folder and cach
 the repository. PYTHONPATH points at the mutated copy, so tests that start a subprocess run the
 mutant too.
 
-`--again` copies the current tests/ into the work folder and re-tests only the mutants that
-survived the last run (tests were added, so a killed mutant stays killed); after a change to the
-module itself run it in full. A mutant whose tests run past the wall-clock limit
+`--again` copies the current tests/ (and the test selection below) into the work folder and
+re-tests only the mutants that survived the last run (tests were added, so a killed mutant stays
+killed); after a change to the module itself run it in full. `--sample N` tests N mutants drawn
+at random (seed 0), for a machine too slow to test them all; the share caught is then an estimate. A mutant whose tests run past the wall-clock limit
 ((estimated seconds of its tests + constant) x multiplier, per module below; the sphere tests
-hang on a barrier under some mutants) is a timeout: a test run that never ends fails CI too.
+hang on a barrier under some mutants) is a timeout.
 
 mutmut does not mutate decorated functions: the Numba kernels (`@njit`: batching.gather_sequences
 and every kernel under model/kernels/) and properties are left out; their own tests compare them
@@ -228,14 +232,14 @@ def main(argv=None) -> int:
         tally, survivors = counts(workdir, module)
         rows.append((name, module, tally, survivors))
     print(f"\n{'module':34} {'mutants':>7} {'tested':>6} {'killed':>6} {'survived':>8} {'no tests':>8} "
-          f"{'timeout':>7} {'other':>5} {'killed %':>8}")
+          f"{'timeout':>7} {'other':>5} {'caught %':>8}")
     for name, module, tally, survivors in rows:
         total = sum(tally.values())
         tested = total - tally.get("not run", 0)
         killed, survived, untested, timeout = (tally.get(k, 0) for k in
                                                ("killed", "survived", "no tests", "timeout"))
         other = tested - killed - survived - untested - timeout
-        score = f"{100 * killed / tested:.1f}" if tested else "-"
+        score = f"{100 * (killed + timeout) / tested:.1f}" if tested else "-"   # as mutmut scores
         print(f"{module:34} {total:7} {tested:6} {killed:6} {survived:8} {untested:8} {timeout:7} "
               f"{other:5} {score:>8}")
     for name, module, tally, survivors in rows:

@@ -78,6 +78,17 @@ def test_full_lattice_and_model_lock_equal_single_thread(shakespeare, reference)
     assert_close_params(tr.model.params, reference)
 
 
+def test_a_control_under_a_control_equals_single_thread(shakespeare, reference):
+    """A control whose children include a control waits for that child before adding rows."""
+    h = Hierarchy.for_workers(13)
+    h.spawn(next(w for w in h.workers if w.parent is not h.node_zero), 2)
+    assert any(c.role == "control" for s in h.controls if s is not h.node_zero for c in s.children)
+    with make_trainer(shakespeare, hierarchy=h) as tr:
+        for _ in range(3):
+            tr.step()
+    assert_close_params(tr.model.params, reference)
+
+
 def test_same_tree_is_bitwise_deterministic(shakespeare):
     runs = []
     for _ in range(2):

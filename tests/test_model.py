@@ -213,6 +213,25 @@ def test_generate_in_range_and_deterministic():
     assert not np.array_equal(a, c)
 
 
+def test_generate_defaults_to_temperature_1_without_top_k():
+    model = GPT(TINY, seed=0)
+    model.param_views()["wte"][...] *= 40            # sharp logits: the temperature shows
+    prompt = np.array([[1, 2, 3]], np.int32)
+    explicit = model.generate(prompt, 24, temperature=1.0, top_k=None, seed=3)
+    np.testing.assert_array_equal(model.generate(prompt, 24, seed=3), explicit)
+    assert not np.array_equal(model.generate(prompt, 24, temperature=2.0, seed=3), explicit)
+
+
+def test_the_simple_apis_refusals_in_full():
+    model = GPT(TINY, seed=0)
+    with pytest.raises(ConfigError) as e:
+        model.backward()
+    assert str(e.value) == "no forward has run yet: call model.forward(idx, targets) first"
+    with pytest.raises(ConfigError) as e:
+        model.forward(np.zeros(3, np.int32))
+    assert str(e.value) == "idx must be a 2-D numpy integer array (B, T), got ndarray with shape (3,)"
+
+
 @pytest.mark.parametrize("idx, match", [
     (np.zeros((1, 33), np.int32), "block_size"),
     (np.full((1, 4), 256, np.int32), "vocab_size"),
