@@ -9,8 +9,8 @@
 
 Runs mutmut 3 (`pip install mutmut==3.8.1`) on one module at a time, with only that module's
 tests, and prints mutants / tested / killed / survived / timeout / other per module, the share
-caught ((killed + timeout) / tested, as mutmut scores it: a test run that never ends fails CI
-too) and the surviving mutants' names (`--diffs` prints each one's diff). Not part of CI: it
+caught ((killed + timeout + crashed) / tested, "other" being the crashed ones: a test run that
+never ends or crashes fails CI too) and the surviving mutants' names (`--diffs` prints each one's diff). Not part of CI: it
 takes long.
 
 Each module gets its own work folder outside the repository (default
@@ -79,8 +79,9 @@ MODULES = {
                  "tests/test_stragglers.py::test_set_stragglers_between_steps_and_resize"],
                 THREADS),
 }
+# mutmut's exit codes (its stats.py); a test run that crashes (SIGSEGV, SIGKILL) fails too: caught
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout",
-          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}      # as mutmut's stats.py
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "crashed", -9: "crashed"}
 
 
 # A pytest plugin for the work folders: mutmut replaces Python's SIGINT handler, and the Trainer
@@ -236,15 +237,15 @@ def main(argv=None) -> int:
     for name, module, tally, survivors in rows:
         total = sum(tally.values())
         tested = total - tally.get("not run", 0)
-        killed, survived, untested, timeout = (tally.get(k, 0) for k in
-                                               ("killed", "survived", "no tests", "timeout"))
+        killed, survived, untested, timeout, crashed = (
+            tally.get(k, 0) for k in ("killed", "survived", "no tests", "timeout", "crashed"))
         other = tested - killed - survived - untested - timeout
-        score = f"{100 * (killed + timeout) / tested:.1f}" if tested else "-"   # as mutmut scores
+        score = f"{100 * (killed + timeout + crashed) / tested:.1f}" if tested else "-"
         print(f"{module:34} {total:7} {tested:6} {killed:6} {survived:8} {untested:8} {timeout:7} "
               f"{other:5} {score:>8}")
     for name, module, tally, survivors in rows:
         others = {k: v for k, v in tally.items()
-                  if k not in ("killed", "survived", "no tests", "timeout", "not run")}
+                  if k not in ("killed", "survived", "no tests", "timeout", "not run", "crashed")}
         if survivors or others:
             print(f"\n{module}: not caught {len(survivors)}" + (f", other {others}" if others else ""))
             for mutant in survivors:
