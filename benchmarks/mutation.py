@@ -139,9 +139,7 @@ def again(workdir: Path, module: str, tests: list[str], timeout: tuple[float, fl
     _, survivors = counts(workdir, module)
     if not survivors:
         return
-    shutil.rmtree(workdir / "tests")
-    shutil.copytree(ROOT / "tests", workdir / "tests",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    copy_tests(workdir)
     configure(workdir, module, tests, timeout)
     print(f"== {module}: {len(survivors)} survivors again in {workdir}", flush=True)
     mutmut(workdir, "run", "--max-children", str(jobs), *survivors)
@@ -178,22 +176,33 @@ def mutmut(workdir: Path, *args: str, capture: bool = False) -> subprocess.Compl
                           check=False, capture_output=capture, text=True)
 
 
+def copy_tests(workdir: Path) -> None:
+    """Replace the work folder's tests with the repository's current ones."""
+    shutil.rmtree(workdir / "tests")
+    shutil.copytree(ROOT / "tests", workdir / "tests",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def sample(workdir: Path, module: str, tests: list[str], timeout: tuple[float, float], jobs: int,
            size: int) -> None:
-    """Test `size` mutants drawn at random (seed 0) from the module's, on a machine too slow for
-    all: the score is then an estimate over the tested ones. Reuses the work folder's mutants
-    and statistics when they are there."""
+    """Test `size` mutants drawn at random (seed 0; a smaller sample is a prefix of a larger
+    one) with the current tests, on a machine too slow for all: the share caught is then an
+    estimate over the tested ones. Reuses the work folder's mutants, statistics and verdicts
+    (re-testing the sample's survivors) when they are there."""
     meta = workdir / "mutants" / (module + ".meta")
     if not meta.exists():
         prepare(workdir, module, tests, timeout)
         # generates the mutants and collects the statistics, then stops: no mutant is named so
         mutmut(workdir, "run", "--max-children", str(jobs), "no-such-mutant", capture=True)
+    else:
+        copy_tests(workdir)
     data = json.loads(meta.read_text())
     codes = data["exit_code_by_key"]
     drawn = random.Random(0).sample(sorted(codes), min(size, len(codes)))
     # verdicts outside the sample (an earlier, interrupted full run tests the fastest mutants
-    # first) would bias the estimate: forget them
+    # first) would bias the estimate: forget them; the sample's survivors are tested again
     codes.update({name: None for name in set(codes) - set(drawn)})
+    codes.update({name: None for name in drawn if STATUS.get(codes[name]) in ("survived", "no tests")})
     meta.write_text(json.dumps(data))
     todo = [name for name in drawn if codes[name] is None]
     print(f"== {module}: {len(todo)} of a sample of {len(drawn)} mutants to test in {workdir}", flush=True)
