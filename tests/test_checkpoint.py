@@ -138,6 +138,11 @@ def test_trainer_load_restores_state_and_step_counter(shakespeare, checkpoint):
         assert tr.workers == meta["workers"] == 2
 
 
+def test_trainer_load_takes_the_sync_mode_asked_for(shakespeare, checkpoint):
+    with Trainer.load(checkpoint, corpus=shakespeare, sync="model_lock") as tr:
+        assert tr.sync == "model_lock"
+
+
 def test_a_corpus_missing_here_is_named_with_the_fix(checkpoint, tmp_path):
     from crystalline.checkpoint import _digest
     tensors, _ = read_checkpoint(checkpoint)
