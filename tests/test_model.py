@@ -227,9 +227,16 @@ def test_the_simple_apis_refusals_in_full():
     with pytest.raises(ConfigError) as e:
         model.backward()
     assert str(e.value) == "no forward has run yet: call model.forward(idx, targets) first"
+    for forward in (model.forward, lambda idx: model.forward_into(model.workspace(1), idx)):
+        with pytest.raises(ConfigError) as e:
+            forward(np.zeros(3, np.int32))
+        assert str(e.value) == "idx must be a 2-D numpy integer array (B, T), got ndarray with shape (3,)"
+    with pytest.raises(ConfigError) as e:                # the bad id named, not the good lowest one
+        model.forward(np.array([[0, 5, TINY.vocab_size]], np.int32))
+    assert str(e.value) == f"idx holds token id {TINY.vocab_size} outside 0..vocab_size-1 = {TINY.vocab_size - 1}"
     with pytest.raises(ConfigError) as e:
-        model.forward(np.zeros(3, np.int32))
-    assert str(e.value) == "idx must be a 2-D numpy integer array (B, T), got ndarray with shape (3,)"
+        model.workspace(0)
+    assert str(e.value) == "workspace max_batch = 0 must be a positive integer"
 
 
 @pytest.mark.parametrize("idx, match", [
