@@ -218,6 +218,11 @@ def test_the_digest_does_not_depend_on_the_order_of_the_metadata_keys(checkpoint
         meta.clear()
         meta.update(items)
 
+    tampered = rewrite_metadata(checkpoint, tmp_path / "t.safetensors", lambda meta: meta.update(step=2))
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(tampered)
+    assert str(e.value) == (f"{tampered}: digest mismatch: the file was modified or corrupted after it "
+                            "was written; use an earlier checkpoint")
     reordered = rewrite_metadata(checkpoint, tmp_path / "r.safetensors", reverse)
     assert list(read_checkpoint(reordered)[1]) == list(read_checkpoint(checkpoint)[1])[::-1]
     tensors, meta = read_checkpoint(checkpoint)
