@@ -79,9 +79,12 @@ MODULES = {
                  "tests/test_stragglers.py::test_set_stragglers_between_steps_and_resize"],
                 THREADS),
 }
-# mutmut's exit codes (its stats.py); a test run that crashes (SIGSEGV, SIGKILL) fails too: caught
+# mutmut's exit codes (its stats.py). A test run that crashes (SIGSEGV, SIGKILL) fails too, and so
+# does one that ends with pytest's code 2 (interrupted: under a mutant the Ctrl-C tests' SIGINT
+# escaped; nobody presses Ctrl-C in these runs): "crashed", caught.
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout",
-          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "crashed", -9: "crashed"}
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "crashed", -9: "crashed",
+          2: "crashed"}
 
 
 # A pytest plugin for the work folders: mutmut replaces Python's SIGINT handler, and the Trainer
@@ -177,10 +180,12 @@ def mutmut(workdir: Path, *args: str, capture: bool = False) -> subprocess.Compl
 
 
 def copy_tests(workdir: Path) -> None:
-    """Replace the work folder's tests with the repository's current ones."""
+    """Replace the work folder's tests with the repository's current ones. mutmut notices new
+    test names only, not what an edited test now calls: its statistics are collected afresh."""
     shutil.rmtree(workdir / "tests")
     shutil.copytree(ROOT / "tests", workdir / "tests",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
 
 
 def sample(workdir: Path, module: str, tests: list[str], timeout: tuple[float, float], jobs: int,

@@ -78,6 +78,16 @@ def test_full_lattice_and_model_lock_equal_single_thread(shakespeare, reference)
     assert_close_params(tr.model.params, reference)
 
 
+def test_each_workers_loss_is_its_mean_token_loss(shakespeare):
+    with make_trainer(shakespeare, workers=5) as tr:
+        loss = tr.step().loss
+        snap = tr.stats.snapshot()
+    workers = snap["role"] == "worker"
+    tokens = snap["last_tokens"][workers]
+    assert tokens.sum() == TRAIN_CFG.batch_size * MODEL_CFG.block_size
+    np.testing.assert_allclose((snap["loss"][workers] * tokens).sum() / tokens.sum(), loss, rtol=1e-5)
+
+
 def test_a_control_under_a_control_equals_single_thread(shakespeare, reference):
     """A control whose children include a control waits for that child before adding rows."""
     h = Hierarchy.for_workers(13)
