@@ -88,6 +88,20 @@ def test_each_workers_loss_is_its_mean_token_loss(shakespeare):
     np.testing.assert_allclose((snap["loss"][workers] * tokens).sum() / tokens.sum(), loss, rtol=1e-5)
 
 
+def test_worker_seconds_accumulate_and_efficiency_is_a_fraction(shakespeare):
+    snaps = []
+    with make_trainer(shakespeare, workers=5) as tr:
+        for _ in range(4):
+            tr.step()
+            snaps.append(tr.stats.snapshot())
+    workers = snaps[0]["role"] == "worker"
+    for name in ("compute_s", "wait_a_s", "wait_b_s"):
+        series = np.array([snap[name][workers] for snap in snaps])      # (steps, workers)
+        assert (np.diff(series, axis=0) >= 0).all() and (series[-1] > series[0]).all(), name
+    efficiency = snaps[-1]["efficiency"][workers]
+    assert ((0 < efficiency) & (efficiency <= 1)).all(), efficiency
+
+
 def test_a_control_under_a_control_equals_single_thread(shakespeare, reference):
     """A control whose children include a control waits for that child before adding rows."""
     h = Hierarchy.for_workers(13)
