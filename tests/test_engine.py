@@ -83,7 +83,7 @@ def test_each_workers_loss_is_its_mean_token_loss(shakespeare):
         loss = tr.step().loss
         snap = tr.stats.snapshot()
     workers = snap["role"] == "worker"
-    tokens = snap["last_tokens"][workers]
+    tokens = snap["tokens"][workers]        # one step's (last_tokens is written after Point B)
     assert tokens.sum() == TRAIN_CFG.batch_size * MODEL_CFG.block_size
     np.testing.assert_allclose((snap["loss"][workers] * tokens).sum() / tokens.sum(), loss, rtol=1e-5)
 
