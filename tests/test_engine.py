@@ -102,6 +102,22 @@ def test_worker_seconds_accumulate_and_efficiency_is_a_fraction(shakespeare):
     assert ((0 < efficiency) & (efficiency <= 1)).all(), efficiency
 
 
+def test_a_steps_timings_add_up_and_node_zeros_counters_are_its_own(shakespeare):
+    import time
+    with make_trainer(shakespeare, workers=3) as tr:
+        before = time.time()
+        results = [tr.step() for _ in range(3)]
+        after = time.time()
+        snap = tr.stats.snapshot()
+    phases = ("hand_out", "parallel", "reduce", "update")
+    for r in results:
+        assert set(r.timings) == {*phases, "total"} and min(r.timings.values()) >= 0
+        assert sum(r.timings[k] for k in phases) == pytest.approx(r.timings["total"], rel=1e-9, abs=1e-12)
+    node_zero = tr.hierarchy.node_zero.id
+    assert 0 < snap["reduce_s"][node_zero] <= sum(r.timings["total"] for r in results)
+    assert before <= snap["updated"][node_zero] <= after
+
+
 def test_a_control_under_a_control_equals_single_thread(shakespeare, reference):
     """A control whose children include a control waits for that child before adding rows."""
     h = Hierarchy.for_workers(13)
