@@ -118,6 +118,32 @@ def test_a_steps_timings_add_up_and_node_zeros_counters_are_its_own(shakespeare)
     assert before <= snap["updated"][node_zero] <= after
 
 
+def test_an_abort_while_node_zero_waits_for_its_controls_abandons_the_step(shakespeare, monkeypatch):
+    """interrupt() while a control sphere is adding rows (after Point B, Node Zero waiting for its
+    control children): the step is abandoned before the update, parameters as before it."""
+    import crystalline.engine.spheres as spheres
+    in_reduce, go = threading.Event(), threading.Event()
+    original = spheres.reduce_rows
+
+    def reduce_rows(grads, target, sources):
+        if threading.current_thread().name.endswith("-control") and not go.is_set():
+            in_reduce.set()
+            assert go.wait(30)
+        return original(grads, target, sources)
+
+    tr = make_trainer(shakespeare, workers=13)
+    tr.step()
+    params = tr.model.params.copy()
+    monkeypatch.setattr(spheres, "reduce_rows", reduce_rows)
+    stopper = threading.Thread(target=lambda: (in_reduce.wait(30), tr.interrupt(), go.set()))
+    stopper.start()
+    with pytest.raises(TrainingStopped):
+        tr.step()
+    stopper.join()
+    assert tr.steps_done == 1 and np.array_equal(tr.model.params, params)
+    tr.close()
+
+
 def test_a_control_under_a_control_equals_single_thread(shakespeare, reference):
     """A control whose children include a control waits for that child before adding rows."""
     h = Hierarchy.for_workers(13)
