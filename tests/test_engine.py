@@ -144,6 +144,16 @@ def test_an_abort_while_node_zero_waits_for_its_controls_abandons_the_step(shake
     tr.close()
 
 
+def test_only_a_slowed_worker_records_slowed_seconds(shakespeare):
+    with make_trainer(shakespeare, workers=2, stragglers={0: 2.0}) as tr:
+        for _ in range(2):
+            tr.step()
+        snap = tr.stats.snapshot()
+    slow, fast = (w.id for w in tr.hierarchy.workers)
+    assert snap["slowed_s"][slow] > 0 and snap["slowed_s"][fast] == 0
+    assert snap["slowdown"][slow] == 2.0 and snap["slowdown"][fast] == 1.0
+
+
 def test_a_control_under_a_control_equals_single_thread(shakespeare, reference):
     """A control whose children include a control waits for that child before adding rows."""
     h = Hierarchy.for_workers(13)
