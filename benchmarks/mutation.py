@@ -60,7 +60,8 @@ THREADS = (2.0, 30.0)      # the sphere tests: a hung barrier should cost minute
 MODULES = {
     "optimizer": ("crystalline/engine/optimizer.py",
                   ["tests/test_optimizer_reference.py", "tests/test_torch_parity.py",
-                   "tests/test_faults.py::test_non_finite_gradient_skips_the_step_and_keeps_parameters_finite"],
+                   "tests/test_faults.py::test_non_finite_gradient_skips_the_step_and_keeps_parameters_finite",
+                   "tests/test_limits.py::test_an_update_that_would_overflow_is_skipped_and_parameters_stay_finite"],
                   SLOW),
     "reduce": ("crystalline/engine/reduce.py", ["tests/test_reduce.py", "tests/test_engine.py"], SLOW),
     "layout": ("crystalline/model/layout.py", MODEL_TESTS, SLOW),
