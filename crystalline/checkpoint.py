@@ -73,11 +73,12 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
                               "file written by crystalline (e.g. runs/NAME/checkpoint.safetensors)")
     with open(path, "rb") as f:
         head = f.read(9)
-    # a safetensors header (8-byte length, then "{") whose length's low byte is 0x80 is no pickle
-    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
+    # safetensors: an 8-byte little-endian header length (its first byte may be 0x80), then "{"
+    safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise CheckpointError(f"{path} looks like a pickle / torch.save file; crystalline never unpickles "
                               "files. Use a checkpoint written by crystalline (safetensors)")
-    if len(head) < 9 or head[8:9] != b"{":
+    if not safetensors:
         raise CheckpointError(f"{path} is not a safetensors file (bad header); it may be truncated or "
                               "of another format")
     try:

@@ -258,3 +258,12 @@ def test_stop_wakes_a_sleeping_straggler(shakespeare):
         tr.set_stragglers({})
         tr.model.backward_into = original
         assert tr.step().step == 1
+
+
+def test_dynamic_stats_count_each_computed_sequence_once(shakespeare):
+    with dynamic(shakespeare, workers=5) as tr:
+        for _ in range(2):
+            tr.step()
+        snap = tr.stats.snapshot()
+    workers = snap["role"] == "worker"
+    assert snap["tokens"][workers].sum() == 2 * TRAIN_CFG.batch_size * MODEL_CFG.block_size

@@ -24,6 +24,16 @@ def test_offsets_are_deterministic_in_range_and_vary_with_step_and_seed():
     assert batches.offsets(5).min() >= 0
 
 
+def test_offsets_are_the_documented_draw_and_the_default_seed_is_0():
+    # written out here: B uniform starts in 0 .. n - T - 1 from default_rng([seed, step])
+    n, T, B = len(TOKENS), 16, 8
+    for seed, step in ((0, 0), (0, 7), (5, 3)):
+        expected = np.random.default_rng([seed, step]).integers(0, n - T, size=B)
+        assert np.array_equal(Batches(TOKENS, T, B, seed=seed).offsets(step), expected)
+    assert np.array_equal(Batches(TOKENS, T, B).offsets(2),
+                          np.random.default_rng([0, 2]).integers(0, n - T, size=B))
+
+
 def test_sequence_is_x_and_x_shifted_by_one():
     batches = Batches(TOKENS, block_size=16, batch_size=4, seed=0)
     for i, o in enumerate(batches.offsets(2)):
@@ -75,7 +85,8 @@ def test_short_corpus_names_lengths_and_fix():
 
 
 @pytest.mark.parametrize("kwargs", [dict(block_size=0), dict(batch_size=-1), dict(seed=-1),
-                                    dict(block_size=2.5), dict(batch_size=True)])
+                                    dict(block_size=2.5), dict(batch_size=True), dict(seed=1.5),
+                                    dict(seed=True), dict(seed="0")])
 def test_bad_sizes(kwargs):
     args = dict(block_size=4, batch_size=2, seed=0) | kwargs
     with pytest.raises(ConfigError):

@@ -140,6 +140,11 @@ def test_trainer_load_restores_state_and_step_counter(shakespeare, checkpoint):
         assert tr.workers == meta["workers"] == 2
 
 
+def test_trainer_load_takes_the_sync_mode_asked_for(shakespeare, checkpoint):
+    with Trainer.load(checkpoint, corpus=shakespeare, sync="model_lock") as tr:
+        assert tr.sync == "model_lock"
+
+
 def test_a_corpus_missing_here_is_named_with_the_fix(checkpoint, tmp_path):
     from crystalline.checkpoint import _digest
     tensors, _ = read_checkpoint(checkpoint)
@@ -187,3 +192,155 @@ def test_refusals_in_full(checkpoint, tmp_path):
     wrong = rewrite_metadata(checkpoint, tmp_path / "f.safetensors", lambda meta: meta.update(format="other"))
     with pytest.raises(CheckpointError, match=r"fields differ"):
         read_checkpoint(wrong)
+
+
+def digest_written_here(tensors, meta):
+    """The checkpoint's digest as documented: SHA-256 over params, adam_m and adam_v, then the
+    metadata without "digest" as JSON with sorted keys."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in ("params", "adam_m", "adam_v"):
+        h.update(np.ascontiguousarray(tensors[name]).tobytes())
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "digest"}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def rewrite_tensors(path, out, tensors):
+    """Copy the checkpoint at `path` to `out` with other tensors and a digest consistent with them."""
+    from safetensors.numpy import save_file
+    _, meta = read_checkpoint(path)
+    meta["digest"] = digest_written_here(tensors, meta)
+    save_file(tensors, str(out), metadata={"crystalline": json.dumps(meta)})
+    return out
+
+
+def test_the_digest_does_not_depend_on_the_order_of_the_metadata_keys(checkpoint, tmp_path):
+    def reverse(meta):
+        items = list(meta.items())[::-1]
+        meta.clear()
+        meta.update(items)
+
+    tampered = rewrite_metadata(checkpoint, tmp_path / "t.safetensors", lambda meta: meta.update(step=2))
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(tampered)
+    assert str(e.value) == (f"{tampered}: digest mismatch: the file was modified or corrupted after it "
+                            "was written; use an earlier checkpoint")
+    reordered = rewrite_metadata(checkpoint, tmp_path / "r.safetensors", reverse)
+    assert list(read_checkpoint(reordered)[1]) == list(read_checkpoint(checkpoint)[1])[::-1]
+    tensors, meta = read_checkpoint(checkpoint)
+    assert meta["digest"] == digest_written_here(tensors, meta)
+
+
+def test_tensors_that_are_not_float32_vectors_are_refused_with_a_consistent_digest(checkpoint, tmp_path):
+    import re
+    tensors, _ = read_checkpoint(checkpoint)
+    n = tensors["params"].shape[0]
+    wide = rewrite_tensors(checkpoint, tmp_path / "f64.safetensors",
+                           dict(tensors, params=tensors["params"].astype(np.float64)))
+    flat = tensors["adam_m"]
+    square = rewrite_tensors(checkpoint, tmp_path / "2d.safetensors",
+                             dict(tensors, adam_m=flat.reshape(2, n // 2) if n % 2 == 0 else flat[None, :]))
+    for path, found in ((wide, f"'params': ('float64', ({n},))"), (square, "'adam_m': ('float32', (")):
+        with pytest.raises(CheckpointError, match="^" + re.escape(
+                f"{path}: expected float32 vectors ['params', 'adam_m', 'adam_v'], found ") + ".*"
+                + re.escape(found)):
+            read_checkpoint(path)
+
+
+def test_a_file_with_a_foreign_header_is_named_before_parsing(tmp_path):
+    text = tmp_path / "notes.safetensors"
+    text.write_bytes(b"just some text, certainly not a safetensors header\n" * 4)
+    with pytest.raises(CheckpointError, match=f"^{text} is not a safetensors file \\(bad header\\)"):
+        read_checkpoint(text)
+
+
+def test_metadata_that_is_not_json_is_named(checkpoint, tmp_path):
+    data = checkpoint.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"]["crystalline"] = "{not json"
+    new_header = json.dumps(header).encode()
+    new_header += b" " * (-len(new_header) % 8)
+    bad = tmp_path / "j.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(new_header)) + new_header + data[8 + n:])
+    with pytest.raises(CheckpointError, match=f"^{bad}: metadata is not valid JSON \\("):
+        read_checkpoint(bad)
+
+
+def test_bad_configs_sizes_and_tokenizers_name_the_file_in_both_loaders(shakespeare, checkpoint, tmp_path):
+    from crystalline.checkpoint import load_trainer
+    tensors, _ = read_checkpoint(checkpoint)
+
+    def edited(name, edit):
+        def apply(meta):
+            edit(meta)
+            meta["digest"] = digest_written_here(tensors, meta)
+        return rewrite_metadata(checkpoint, tmp_path / name, apply)
+
+    bad_config = edited("c.safetensors", lambda meta: meta["model_config"].update(n_layer=0))
+    bigger = edited("s.safetensors", lambda meta: meta["model_config"].update(n_layer=3))
+    bad_tokenizer = edited("t.safetensors", lambda meta: meta.update(tokenizer={"kind": "nonsense"}))
+    for load in (load_model, lambda p: load_trainer(Trainer, p, corpus=shakespeare)):
+        with pytest.raises(CheckpointError, match=f"^{bad_config}: invalid config in metadata: .*n_layer"):
+            load(bad_config)
+        with pytest.raises(CheckpointError, match=f"^{bigger}: tensor sizes .* do not match the .* "
+                                                  "parameters its model config needs$"):
+            load(bigger)
+    with pytest.raises(CheckpointError, match=f"^{bad_tokenizer}: invalid tokenizer in metadata: "):
+        load_model(bad_tokenizer)
+
+
+def test_load_trainer_defaults_reread_the_corpus_with_the_saved_tokenizer(tmp_path):
+    """No corpus: the checkpoint's own source, encoded with the checkpoint's tokenizer (a word
+    tokenizer here, which the byte default would not reproduce), cached in cache_dir."""
+    from crystalline.checkpoint import load_trainer
+    words = ["the", "king", "and", "queen", "of", "all", "this", "land", "shall", "speak"]
+    source = tmp_path / "words.txt"
+    source.write_text(" ".join(words[(i * 7) % 10] for i in range(3000)))
+    path = tmp_path / "w.safetensors"
+    with Trainer(MODEL_CFG, TRAIN_CFG, str(source), workers=1, tokenizer="word") as tr:
+        tr.step()
+        tr.save(path)
+        saved_tokenizer = tr.corpus.tokenizer.to_dict()
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    with load_trainer(Trainer, path, cache_dir=cache, run_dir=run) as tr:
+        assert tr.sync == "lock_free" and tr.steps_done == 1 and tr.run_dir == run
+        assert tr.corpus.tokenizer.to_dict() == saved_tokenizer and tr.corpus.tokenizer.vocab_size < 256
+        assert any(cache.rglob("*")), "cache_dir was not used"
+
+
+def test_a_failed_write_is_a_write_error_naming_the_path_and_the_fix(checkpoint, tmp_path, monkeypatch):
+    import errno
+
+    from safetensors import SafetensorError
+
+    import crystalline.checkpoint as ckpt
+    from crystalline.errors import WriteError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("No space left on device (os error 28)")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    target = tmp_path / "c.safetensors"
+    with Trainer.load(checkpoint) as tr:
+        with pytest.raises(WriteError) as e:
+            ckpt.save_checkpoint(target, tr)
+    assert e.value.errno == errno.EIO
+    assert str(e.value) == (f"cannot write checkpoint {target}: No space left on device (os error 28); "
+                            "free some space or write elsewhere (any previous c.safetensors is intact)")
+    assert not target.exists()
+
+
+def test_a_header_length_whose_first_byte_is_0x80_is_not_taken_for_a_pickle(checkpoint, tmp_path):
+    """The first byte of a safetensors file is the low byte of its header length: 0x80 for one
+    header length in 32 (lengths are multiples of 8). Such a checkpoint loads."""
+    data = checkpoint.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.dumps(json.loads(data[8:8 + n])).encode()
+    header += b" " * ((0x80 - len(header)) % 256)
+    assert len(header) % 256 == 0x80
+    odd = tmp_path / "odd.safetensors"
+    odd.write_bytes(struct.pack("<Q", len(header)) + header + data[8 + n:])
+    assert odd.read_bytes()[:1] == b"\x80"
+    tensors, meta = read_checkpoint(odd)
+    assert np.array_equal(tensors["params"], read_checkpoint(checkpoint)[0]["params"]) and meta["step"] == 1

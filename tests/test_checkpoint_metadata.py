@@ -46,6 +46,33 @@ def test_a_wrong_type_or_range_is_named(checkpoint, tmp_path, field, value):
     assert str(bad) in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
+@pytest.mark.parametrize("field, value, expected", [
+    ("model_config", [], "a table of ModelConfig fields"),
+    ("train_config", "lr=1", "a table of TrainConfig fields"),
+    ("tokenizer", None, "a tokenizer description"),
+    ("step", -1, "an integer from 0 to 1,000,000,000,000"),
+    ("adam_t", 4, "an integer from 0 to the step"),
+    ("skipped_steps", 4, "an integer from 0 to the step"),
+    ("data_source", 3, "a path (a string)"),
+    ("data_sha256", "abc", "a SHA-256 hex digest"),
+    ("workers", 0, "an integer from 1 to 1728"),
+    ("sync", "fast", '"lock_free" or "model_lock"'),
+    ("digest", 7, "a SHA-256 hex digest"),
+])
+def test_the_refusal_says_what_the_field_must_be(checkpoint, tmp_path, field, value, expected):
+    tensors, _ = read_checkpoint(checkpoint)
+
+    def edit(meta):
+        meta[field] = value
+        if field != "digest":
+            meta["digest"] = _digest(tensors, meta)
+    bad = rewrite_metadata(checkpoint, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(bad)
+    assert str(e.value) == (f"{bad}: metadata field {field} = {value!r} is invalid (expected {expected}); "
+                            "the file is damaged: use an earlier checkpoint")
+
+
 def test_a_valid_checkpoint_passes_every_check(checkpoint):
     meta = read_checkpoint(checkpoint)[1]
     assert (meta["step"], meta["adam_t"], meta["skipped_steps"], meta["workers"]) == (3, 3, 0, 1)

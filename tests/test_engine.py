@@ -109,6 +109,93 @@ def test_full_lattice_and_model_lock_equal_single_thread(shakespeare, reference)
     assert_close_params(tr.model.params, reference)
 
 
+def test_each_workers_loss_is_its_mean_token_loss(shakespeare):
+    with make_trainer(shakespeare, workers=5) as tr:
+        loss = tr.step().loss
+        snap = tr.stats.snapshot()
+    workers = snap["role"] == "worker"
+    tokens = snap["tokens"][workers]        # one step's (last_tokens is written after Point B)
+    assert tokens.sum() == TRAIN_CFG.batch_size * MODEL_CFG.block_size
+    np.testing.assert_allclose((snap["loss"][workers] * tokens).sum() / tokens.sum(), loss, rtol=1e-5)
+
+
+def test_worker_seconds_accumulate_and_efficiency_is_a_fraction(shakespeare):
+    snaps = []
+    with make_trainer(shakespeare, workers=5) as tr:
+        for _ in range(4):
+            tr.step()
+            snaps.append(tr.stats.snapshot())
+    workers = snaps[0]["role"] == "worker"
+    for name in ("compute_s", "wait_a_s", "wait_b_s"):
+        series = np.array([snap[name][workers] for snap in snaps])      # (steps, workers)
+        assert (np.diff(series, axis=0) >= 0).all() and (series[-1] > series[0]).all(), name
+    efficiency = snaps[-1]["efficiency"][workers]
+    assert ((0 < efficiency) & (efficiency <= 1)).all(), efficiency
+
+
+def test_a_steps_timings_add_up_and_node_zeros_counters_are_its_own(shakespeare):
+    import time
+    with make_trainer(shakespeare, workers=3) as tr:
+        before = time.time()
+        results = [tr.step() for _ in range(3)]
+        after = time.time()
+        snap = tr.stats.snapshot()
+    phases = ("hand_out", "parallel", "reduce", "update")
+    for r in results:
+        assert set(r.timings) == {*phases, "total"} and min(r.timings.values()) >= 0
+        assert sum(r.timings[k] for k in phases) == pytest.approx(r.timings["total"], rel=1e-9, abs=1e-12)
+    node_zero = tr.hierarchy.node_zero.id
+    assert 0 < snap["reduce_s"][node_zero] <= sum(r.timings["total"] for r in results)
+    assert before <= snap["updated"][node_zero] <= after
+
+
+def test_an_abort_while_node_zero_waits_for_its_controls_abandons_the_step(shakespeare, monkeypatch):
+    """interrupt() while a control sphere is adding rows (after Point B, Node Zero waiting for its
+    control children): the step is abandoned before the update, parameters as before it."""
+    import crystalline.engine.spheres as spheres
+    in_reduce, go = threading.Event(), threading.Event()
+    original = spheres.reduce_rows
+
+    def reduce_rows(grads, target, sources):
+        if threading.current_thread().name.endswith("-control") and not go.is_set():
+            in_reduce.set()
+            assert go.wait(30)
+        return original(grads, target, sources)
+
+    tr = make_trainer(shakespeare, workers=13)
+    tr.step()
+    params = tr.model.params.copy()
+    monkeypatch.setattr(spheres, "reduce_rows", reduce_rows)
+    stopper = threading.Thread(target=lambda: (in_reduce.wait(30), tr.interrupt(), go.set()))
+    stopper.start()
+    with pytest.raises(TrainingStopped):
+        tr.step()
+    stopper.join()
+    assert tr.steps_done == 1 and np.array_equal(tr.model.params, params)
+    tr.close()
+
+
+def test_only_a_slowed_worker_records_slowed_seconds(shakespeare):
+    with make_trainer(shakespeare, workers=2, stragglers={0: 2.0}) as tr:
+        for _ in range(2):
+            tr.step()
+        snap = tr.stats.snapshot()
+    slow, fast = (w.id for w in tr.hierarchy.workers)
+    assert snap["slowed_s"][slow] > 0 and snap["slowed_s"][fast] == 0
+    assert snap["slowdown"][slow] == 2.0 and snap["slowdown"][fast] == 1.0
+
+
+def test_a_control_under_a_control_equals_single_thread(shakespeare, reference):
+    """A control whose children include a control waits for that child before adding rows."""
+    h = Hierarchy.for_workers(13)
+    h.spawn(next(w for w in h.workers if w.parent is not h.node_zero), 2)
+    assert any(c.role == "control" for s in h.controls if s is not h.node_zero for c in s.children)
+    with make_trainer(shakespeare, hierarchy=h) as tr:
+        for _ in range(3):
+            tr.step()
+    assert_close_params(tr.model.params, reference)
+
+
 def test_same_tree_is_bitwise_deterministic(shakespeare):
     runs = []
     for _ in range(2):

@@ -217,6 +217,35 @@ def test_a_stall_shows_on_the_progress_bar_in_the_log_and_in_trainer_stall(shake
     tr.close()
 
 
+def test_a_stall_in_node_zeros_update_names_node_zero_alone(shakespeare):
+    """Node Zero held inside the update: the report names it alone, in phase "update", not at the
+    reduction's end, for the seconds since it entered the update."""
+    import time
+    tr = Trainer(MODEL_CFG, TRAIN_CFG, shakespeare, workers=2)
+    tr.run(3, progress=False)
+    tr.watchdog_min_s = 0.3
+    reported, stalls, held = threading.Event(), [], []
+    tr.on_stall = lambda stall: (stalls.append(dict(stall)), reported.set())
+    original = tr.optimizer.update
+
+    def update(*args):
+        began = time.time()
+        assert reported.wait(30)
+        held.append(time.time() - began)
+        return original(*args)
+
+    tr.optimizer.update = update
+    tr.step()                                       # (run() hands on_stall to its progress bar)
+    tr.close()
+    node_zero = tr.hierarchy.node_zero
+    spheres = stalls[0]["spheres"]
+    assert [(s["sphere"], s["phase"], s["not_arrived_at"]) for s in spheres] == \
+        [(node_zero.id, "update", "the reduction's end")]
+    # the step's stall began when run() handed out the job; Node Zero's phase when it entered the update
+    assert 0 < spheres[0]["seconds"] <= min(stalls[0]["seconds"], held[0]) + 0.05
+    assert stalls[0]["seconds"] >= 0.3
+
+
 def test_stop_and_pause_storm_never_hangs_or_half_applies(shakespeare):
     before = set(threading.enumerate())
     rng = np.random.default_rng(1)

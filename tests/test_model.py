@@ -216,6 +216,32 @@ def test_generate_in_range_and_deterministic():
     assert not np.array_equal(a, c)
 
 
+def test_generate_defaults_to_temperature_1_without_top_k():
+    model = GPT(TINY, seed=0)
+    model.param_views()["wte"][...] *= 40            # sharp logits: the temperature shows
+    prompt = np.array([[1, 2, 3]], np.int32)
+    explicit = model.generate(prompt, 24, temperature=1.0, top_k=None, seed=3)
+    np.testing.assert_array_equal(model.generate(prompt, 24, seed=3), explicit)
+    assert not np.array_equal(model.generate(prompt, 24, temperature=2.0, seed=3), explicit)
+
+
+def test_the_simple_apis_refusals_in_full():
+    model = GPT(TINY, seed=0)
+    with pytest.raises(ConfigError) as e:
+        model.backward()
+    assert str(e.value) == "no forward has run yet: call model.forward(idx, targets) first"
+    for forward in (model.forward, lambda idx: model.forward_into(model.workspace(1), idx)):
+        with pytest.raises(ConfigError) as e:
+            forward(np.zeros(3, np.int32))
+        assert str(e.value) == "idx must be a 2-D numpy integer array (B, T), got ndarray with shape (3,)"
+    with pytest.raises(ConfigError) as e:                # the bad id named, not the good lowest one
+        model.forward(np.array([[0, 5, TINY.vocab_size]], np.int32))
+    assert str(e.value) == f"idx holds token id {TINY.vocab_size} outside 0..vocab_size-1 = {TINY.vocab_size - 1}"
+    with pytest.raises(ConfigError) as e:
+        model.workspace(0)
+    assert str(e.value) == "workspace max_batch = 0 must be a positive integer"
+
+
 @pytest.mark.parametrize("idx, match", [
     (np.zeros((1, 33), np.int32), "block_size"),
     (np.full((1, 4), 256, np.int32), "vocab_size"),
