@@ -71,7 +71,9 @@ MODULES = {
     "checkpoint": ("crystalline/checkpoint.py",
                    ["tests/test_checkpoint.py", "tests/test_checkpoint_metadata.py",
                     "tests/test_checkpoint_cli.py"], SLOW),
-    "gpt": ("crystalline/model/gpt.py", MODEL_TESTS + ["tests/test_kvcache.py"], SLOW),
+    "gpt": ("crystalline/model/gpt.py",
+            MODEL_TESTS + ["tests/test_kvcache.py", "tests/test_attention.py",
+                           "tests/test_dropout.py", "tests/test_bf16.py"], SLOW),
     # not the straggler tests that time a slowed worker (on a loaded machine their ratios fail
     # on the unmutated code) nor the CLI one (subprocesses)
     "spheres": ("crystalline/engine/spheres.py",

@@ -275,3 +275,16 @@ def test_the_gemm_choice_is_checked(monkeypatch):
         GPT(CFG, precision="bf16")
     monkeypatch.delenv(GEMM_ENV)
     assert GPT(CFG, precision="bf16").bf16_weights.provider == "vdpbf16ps"
+
+
+@needs_bf16
+def test_bf16_refuses_parameters_other_than_the_models_own():
+    """The bf16 copy is of model.params: a forward on another vector would silently use stale
+    weights, so it is refused, naming both ways out."""
+    model = GPT(CFG, seed=0, precision="bf16")
+    idx = np.zeros((1, 4), np.int64)
+    with pytest.raises(ConfigError) as err:
+        model.forward_into(model.workspace(1), idx, params=model.params.copy())
+    assert str(err.value) == ("precision='bf16' reads the bf16 copy of model.params; pass "
+                              "params=None, or copy the values into model.params and call "
+                              "model.weights_changed()")
