@@ -308,10 +308,27 @@ def test_a_raising_rank_ends_the_job_promptly(tmp_path, scenario, with_mpi4py):
     if with_mpi4py:
         assert "MPI_Abort" in output or "Abort" in output, output
     else:
-        # abort_on_error calls MPI_Abort(2) for a CrystallineError, and mpiexec returns that code.
-        # (What a rank prints just before the abort may not be forwarded by mpiexec, so the exit
-        # code, not a message, is the check; rank 0 would otherwise wait out its 300 s timeout.)
+        # abort_on_error calls MPI_Abort(2) for a CrystallineError, and mpiexec returns that code
+        # (rank 0 would otherwise wait out its 300 s timeout).
         assert rc == 2, output
+
+
+def test_an_aborting_rank_waits_until_its_message_is_read():
+    """What a rank printed is still in its pipe when MPI_Abort kills it unless the abort waits."""
+    import os
+    from crystalline.distributed import _wait_until_read
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as reader, os.fdopen(write_end, "w") as writer:
+        writer.write("crystalline: error: rank 1 of 2: ...\n")
+        writer.flush()
+        t0 = time.monotonic()
+        _wait_until_read([writer], deadline_s=0.3)      # nobody reads: waits out the deadline
+        assert time.monotonic() - t0 >= 0.3
+        reader.read1(1 << 16)
+        t0 = time.monotonic()
+        _wait_until_read([writer], deadline_s=5.0)      # all read: returns at once
+        _wait_until_read([object()], deadline_s=5.0)    # no file descriptor: nothing to wait for
+        assert time.monotonic() - t0 < 1.0
 
 
 def test_a_hanging_rank_times_out_on_the_others(tmp_path):
