@@ -209,12 +209,13 @@ def test_workspace_memory_at_t1024_is_linear_in_t():
                  + B * NH * T           # lse: one float per query row and head
                  + N * C                # residual2
                  + N * C + 2 * N        # ln2
-                 + 2 * 4 * N * C        # fch, fch_gelu
+                 + 4 * N * C            # fch (gelu(fch) is recomputed in the backward)
                  + N * C)               # residual3
     rest = (N * C                       # encoded
             + N * C + 2 * N             # lnf
             + 2 * N * V + N             # logits, probs, losses
             + N * C                     # proj
+            + 4 * N * C                 # gelu(fch) of the layer at hand
             + N * C + N * C + N * C + 3 * N * C + 2 * 4 * N * C + N * V   # backward scratch
             + 5 * T * hs + 2 * 64 * T + T + 4 * hs)                       # attention scratch
     want = 4 * (L * per_layer + rest)

@@ -14,7 +14,7 @@ from crystalline.model.kernels.clip import grad_norm, scale_
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward
 from crystalline.model.kernels.encoder import encoder_backward, encoder_forward
 from crystalline.model.kernels.gelu import (gelu_backward, gelu_backward_from_grad, gelu_forward,
-                                            gelu_forward_keep_grad, tanh_rational)
+                                            gelu_forward_and_grad, tanh_rational)
 from crystalline.model.kernels.layernorm import layernorm_backward, layernorm_forward
 from crystalline.model.kernels.matmul import matmul_backward, matmul_forward
 from crystalline.model.kernels.residual import residual_backward, residual_forward
@@ -114,15 +114,22 @@ def test_gelu():
     close(dx, fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x))
 
 
-def test_gelu_keeping_its_derivative():
-    """The model's pair: the forward leaves gelu'(x) in place of x, the backward multiplies."""
+def test_gelu_with_its_derivative():
+    """The model's pair: gelu(x) and gelu'(x) from one pass (into a buffer of its own or in place
+    of x, which stays untouched in the first case), then the backward multiplies (in place too)."""
     x, dout = f32(N * C, scale=2.0), f32(N * C)
-    out, kept = np.zeros_like(x), x.copy()
-    gelu_forward_keep_grad(out, kept, N * C)
+    numeric = fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x)
+    out, grad, x_before = np.zeros_like(x), np.full_like(x, np.nan), x.copy()
+    gelu_forward_and_grad(out, grad, x, N * C)
+    np.testing.assert_array_equal(x, x_before)
     np.testing.assert_allclose(out, ref.gelu(d(x)), rtol=0, atol=2e-6)
     dx = np.full_like(x, np.nan)                          # overwritten, not accumulated
-    gelu_backward_from_grad(dx, kept, dout, N * C)
-    close(dx, fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x))
+    gelu_backward_from_grad(dx, grad, dout, N * C)
+    close(dx, numeric)
+    kept = x.copy()
+    gelu_forward_and_grad(out, kept, kept, N * C)
+    gelu_backward_from_grad(kept, kept, dout, N * C)
+    close(kept, numeric)
 
 
 def test_matmul_backward_overwriting_dinp():
@@ -369,7 +376,7 @@ def test_gelu_at_vector_widths(C_):
     out, kept = np.zeros_like(x), x.copy()
     gelu_forward(out, x, n)
     np.testing.assert_allclose(out, ref.gelu(d(x)), rtol=0, atol=2e-6)
-    gelu_forward_keep_grad(out, kept, n)
+    gelu_forward_and_grad(out, kept, kept, n)
     np.testing.assert_allclose(out, ref.gelu(d(x)), rtol=0, atol=2e-6)
     numeric = fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x)
     dx = np.zeros_like(x)

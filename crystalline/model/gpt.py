@@ -34,7 +34,8 @@ from crystalline.model.kernels.attention import attention_backward, attention_fo
 from crystalline.model.kernels.crossentropy import crossentropy_backward, crossentropy_forward
 from crystalline.model.kernels.dropout_rng import SITE_ATTN_OUT, SITE_EMBEDDING, SITE_MLP_OUT
 from crystalline.model.kernels.encoder import encoder_backward, encoder_forward
-from crystalline.model.kernels.gelu import gelu_backward_from_grad, gelu_forward_keep_grad
+from crystalline.model.kernels.gelu import (gelu_backward_from_grad, gelu_forward,
+                                            gelu_forward_and_grad)
 from crystalline.model.kernels.layernorm import layernorm_backward, layernorm_forward
 from crystalline.model.kernels.matmul import matmul_backward, matmul_forward
 from crystalline.model.kernels.residual import residual_forward
@@ -48,7 +49,7 @@ _NO_BIAS = np.zeros(0, np.float32)
 # every other gradient tensor is added into, so it is zeroed first.
 _GEMM_WRITTEN = {"wte", "qkvw", "attprojw", "fcw", "fcprojw"}
 _PER_LAYER = {"ln1", "ln1_mean", "ln1_rstd", "qkv", "atty", "residual2", "ln2", "ln2_mean",
-              "ln2_rstd", "fch", "fch_gelu", "residual3"}
+              "ln2_rstd", "fch", "residual3"}
 
 
 class Workspace:
@@ -213,9 +214,10 @@ class GPT:
             layernorm_forward(a["ln2"][l], a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l],
                               p["ln2w"][l], p["ln2b"][l], N, C)
             matmul_forward(a["fch"][l], a["ln2"][l], p["fcw"][l], p["fcb"][l], N, C, 4 * C)
-            # fch becomes gelu'(fch): the backward needs only that
-            gelu_forward_keep_grad(a["fch_gelu"][l].reshape(-1), a["fch"][l].reshape(-1), N * 4 * C)
-            matmul_forward(a["proj"], a["fch_gelu"][l], p["fcprojw"][l], p["fcprojb"][l],
+            # gelu(fch) is not kept per layer (a quarter of the activations): the backward
+            # recomputes it from fch
+            gelu_forward(a["fch_gelu"].reshape(-1), a["fch"][l].reshape(-1), N * 4 * C)
+            matmul_forward(a["proj"], a["fch_gelu"], p["fcprojw"][l], p["fcprojb"][l],
                            N, 4 * C, C)
             if key:
                 drop_rows(a["proj"], a["proj"], key, cfg.dropout, l, SITE_MLP_OUT, B, T)
@@ -268,10 +270,12 @@ class GPT:
             # dinp_beta = 0.0: the scratch dinp is overwritten, not accumulated (no zeroing)
             # (with dropout, the branch's gradient is dres through its mask, in the free dln)
             dbranch = self._undrop(dln, dres, key, l, SITE_MLP_OUT, B, T)
-            matmul_backward(dfg, g["fcprojw"][l], g["fcprojb"][l], dbranch, a["fch_gelu"][l],
+            # gelu(fch) again, and gelu'(fch) into dfch: one tanh serves both
+            gelu_forward_and_grad(a["fch_gelu"].reshape(-1), dfch.reshape(-1),
+                                  a["fch"][l].reshape(-1), N * 4 * C)
+            matmul_backward(dfg, g["fcprojw"][l], g["fcprojb"][l], dbranch, a["fch_gelu"],
                             p["fcprojw"][l], N, 4 * C, C, 0.0, wb)
-            gelu_backward_from_grad(dfch.reshape(-1), a["fch"][l].reshape(-1), dfg.reshape(-1),
-                                    N * 4 * C)
+            gelu_backward_from_grad(dfch.reshape(-1), dfch.reshape(-1), dfg.reshape(-1), N * 4 * C)
             matmul_backward(dln, g["fcw"][l], g["fcb"][l], dfch, a["ln2"][l], p["fcw"][l],
                             N, C, 4 * C, 0.0, wb)
             layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], dln, a["residual2"][l],

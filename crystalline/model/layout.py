@@ -55,11 +55,12 @@ def activation_shapes(cfg, B: int, T: int) -> list[tuple[str, tuple[int, ...]]]:
         ("lse", (L, B * NH * T)),                # attention rows' log-sum-exp (B, NH, T)
         ("residual2", (L, N, C)),
         ("ln2", (L, N, C)), ("ln2_mean", (L, N)), ("ln2_rstd", (L, N)),
-        ("fch", (L, N, 4 * C)), ("fch_gelu", (L, N, 4 * C)),  # fch ends as gelu'(fch)
+        ("fch", (L, N, 4 * C)),                   # the MLP's pre-activation
         ("residual3", (L, N, C)),
         ("lnf", (N, C)), ("lnf_mean", (N,)), ("lnf_rstd", (N,)),
         ("logits", (N, V)), ("probs", (N, V)), ("losses", (N,)),
         ("proj", (N, C)),                         # attention / MLP projection before the residual
+        ("fch_gelu", (N, 4 * C)),                 # gelu(fch) of one layer (the backward recomputes it)
         # backward scratch, reused by every layer
         ("dresidual", (N, C)), ("dln", (N, C)), ("datty", (N, C)), ("dqkv", (N, 3 * C)),
         ("dfch", (N, 4 * C)), ("dfch_gelu", (N, 4 * C)), ("dlogits", (N, V)),

@@ -65,19 +65,20 @@ def gelu_backward(dinp, inp, dout, n):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
-def gelu_forward_keep_grad(out, inp_grad, n):
-    """out = gelu(inp) and, in place, inp_grad = gelu'(inp): one tanh serves both, so the backward
-    (gelu_backward_from_grad) is a product. The model's pre-activation is needed for nothing else."""
+def gelu_forward_and_grad(out, grad, inp, n):
+    """out = gelu(inp) and grad = gelu'(inp) (grad may be inp): one tanh serves both, so the
+    backward (gelu_backward_from_grad) is a product."""
     for i in range(n):
-        x = inp_grad[i]
+        x = inp[i]
         th = tanh_rational(_K * (x + _A * x * x * x))
         dth = _K * (_ONE + _3A * x * x) * (_ONE - th * th)
         out[i] = _HALF * x * (_ONE + th)
-        inp_grad[i] = _HALF * (_ONE + th) + _HALF * x * dth
+        grad[i] = _HALF * (_ONE + th) + _HALF * x * dth
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def gelu_backward_from_grad(dinp, grad, dout, n):
-    """dinp = grad * dout (overwrites), grad = gelu'(inp) from gelu_forward_keep_grad."""
+    """dinp = grad * dout (overwrites; dinp may be grad), grad = gelu'(inp) from
+    gelu_forward_and_grad."""
     for i in range(n):
         dinp[i] = grad[i] * dout[i]
