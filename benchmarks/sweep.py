@@ -6,15 +6,18 @@ shapes of issue #17, each (shape, runner) in its own process so that its peak RS
 
 Runners, all training steps of the same model (nanoGPT's GPT, byte vocabulary 256) on random
 tokens of global batch B x T: forward + backward + gradient clipping + AdamW.
-  ours          Trainer(workers=2).step() (the real engine, 2 sphere workers)
+  ours          Trainer(workers=2).step() (the real engine, 2 sphere workers), float32
+  ours-bf16     the same with precision="bf16" (bf16 matrix products, fp32 master weights)
   fp32          PyTorch eager, float32, torch.set_num_threads(2) (tests' torch_loss: F.linear,
                 F.scaled_dot_product_attention, ...; torch.optim.AdamW)
   bf16          the same under torch.autocast("cpu", torch.bfloat16)
   compile       the same loss through torch.compile (inductor), float32
+  compile-bf16  torch.compile under bf16 autocast
 Each child warms up with one step (compiles: numba cache, torch.compile) and times STEPS more
 (median step). The parent runs the runners one after another and repeats the round, so load from
-other users of the machine hits every runner alike; it prints medians over the rounds and the
-median of per-round ratios.
+other users of the machine hits every runner alike. Per shape it prints each runner's median
+tokens/s and peak RSS, and two ratios, each the median of per-round ratios: ours in float32
+against PyTorch fp32 eager, and our fastest runner against PyTorch's fastest.
 """
 
 import pathlib
@@ -33,7 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 # (C, L, NH, T, B): the rows of issue #17's table
 ROWS = [(256, 6, 8, 128, 16), (384, 6, 6, 256, 8), (768, 2, 12, 256, 4), (512, 4, 4, 128, 8),
         (256, 6, 8, 512, 8), (256, 6, 8, 1024, 8)]
-RUNNERS = ("ours", "fp32", "bf16", "compile")
+RUNNERS = ("ours", "ours-bf16", "fp32", "bf16", "compile", "compile-bf16")
+OURS = ("ours", "ours-bf16")
 CORPUS = ROOT / "data" / "tinyshakespeare.txt"
 
 
@@ -43,11 +47,11 @@ def model_config(row):
     return ModelConfig(vocab_size=256, block_size=T, n_layer=L, n_head=NH, n_embd=C)
 
 
-def our_step(cfg, B):
+def our_step(cfg, B, precision):
     from crystalline.config import TrainConfig
     from crystalline.engine.trainer import Trainer
-    trainer = Trainer(cfg, TrainConfig(batch_size=B, eval_interval=0, warmup_steps=10),
-                      str(CORPUS), workers=2)
+    train = TrainConfig(batch_size=B, eval_interval=0, warmup_steps=10, precision=precision)
+    trainer = Trainer(cfg, train, str(CORPUS), workers=2)
     return lambda: trainer.step()
 
 
@@ -59,13 +63,13 @@ def torch_step(cfg, B, mode):
     tp = {k: torch.tensor(v.copy(), requires_grad=True)
           for k, v in GPT(cfg, seed=0).param_views().items()}
     opt = torch_adamw(tp)
-    loss_fn = torch.compile(torch_loss) if mode == "compile" else torch_loss
+    loss_fn = torch.compile(torch_loss) if mode.startswith("compile") else torch_loss
     rng = np.random.default_rng(0)
 
     def step():
         data = torch.from_numpy(rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1)))
         x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-        if mode == "bf16":
+        if mode.endswith("bf16"):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss, _ = loss_fn(tp, cfg, x, y)
         else:
@@ -81,7 +85,8 @@ def torch_step(cfg, B, mode):
 def child(runner, row, steps):
     """Warm up, time `steps` steps; print median tokens/s and this process's peak RSS (MiB)."""
     cfg, B = model_config(row), ROWS[row][4]
-    step = our_step(cfg, B) if runner == "ours" else torch_step(cfg, B, runner)
+    step = (our_step(cfg, B, "bf16" if runner == "ours-bf16" else "fp32") if runner in OURS
+            else torch_step(cfg, B, runner))
     step()
     times = []
     for _ in range(steps):
@@ -104,39 +109,41 @@ def run_child(runner, row, steps):
     return float(tps), float(rss)
 
 
+def per_round_ratio(got, ours, theirs):
+    """Median over rounds of (fastest of `ours`) / (fastest of `theirs`), or None."""
+    ratios = []
+    for k in range(len(next(iter(got.values())))):
+        a = [got[r][k][0] for r in ours if r in got and got[r][k]]
+        b = [got[r][k][0] for r in theirs if r in got and got[r][k]]
+        if a and b:
+            ratios.append(max(a) / max(b))
+    return statistics.median(ratios) if ratios else None
+
+
 def sweep(rows, repeats, steps, runners=RUNNERS):
     """Run the sweep and print one table row per shape."""
     import os
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; "
           f"{repeats} rounds x {len(runners)} runners per shape, {steps} timed steps each")
-    header = (f"{'C, L, NH (hs), T, B':26s} {'ours tok/s':>10s} " +
-              " ".join(f"{'vs ' + r:>10s}" for r in runners if r != "ours") +
-              f" {'peak RSS MiB ' + ' / '.join(runners):>38s}")
-    print(header, flush=True)
+    print(f"{'C, L, NH (hs), T, B':26s} " + " ".join(f"{r:>10s}" for r in runners) +
+          f" {'fp32 ratio':>10s} {'best ratio':>10s}   peak RSS MiB", flush=True)
+    theirs = [r for r in runners if r not in OURS]
     for row in rows:
         C, L, NH, T, B = ROWS[row]
         got = {r: [] for r in runners}
         for _ in range(repeats):
             for r in runners:
                 got[r].append(run_child(r, row, steps))
-        ours = [g for g in got["ours"] if g]
-        if not ours:
-            print(f"{C}, {L}, {NH} (hs {C // NH}), {T}, {B}: our runner failed", flush=True)
-            continue
-        cells = []
-        for r in runners:
-            if r == "ours":
-                continue
-            pairs = [(o[0], t[0]) for o, t in zip(got["ours"], got[r]) if o and t]
-            cells.append(f"{statistics.median(o / t for o, t in pairs):9.2f}x" if pairs else
-                         f"{'-':>10s}")
+        cells = [f"{statistics.median(g[0] for g in got[r] if g):10.0f}" if any(got[r])
+                 else f"{'failed':>10s}" for r in runners]
+        ratios = [per_round_ratio(got, ["ours"], ["fp32"]), per_round_ratio(got, OURS, theirs)]
+        cells += [f"{x:9.2f}x" if x else f"{'-':>10s}" for x in ratios]
         rss = " / ".join(f"{statistics.median(g[1] for g in got[r] if g):.0f}"
                          if any(got[r]) else "-" for r in runners)
-        print(f"{f'{C}, {L}, {NH} (hs {C // NH}), {T}, {B}':26s} "
-              f"{statistics.median(o[0] for o in ours):10.0f} {' '.join(cells)} {rss:>38s}",
+        print(f"{f'{C}, {L}, {NH} (hs {C // NH}), {T}, {B}':26s} {' '.join(cells)}   {rss}",
               flush=True)
         for r in runners:
-            print(f"    {r:8s} tokens/s by round: "
+            print(f"    {r:9s} tokens/s by round: "
                   f"{', '.join(f'{g[0]:.0f}' if g else 'failed' for g in got[r])}", flush=True)
 
 

@@ -2,7 +2,7 @@
 
     timeout 900 python benchmarks/vs_pytorch.py [--rounds 5] [--steps 2] [--skip compile,scale]
     timeout 1800 python benchmarks/vs_pytorch.py --precision bf16 --skip compile,scale
-    timeout 5400 python benchmarks/vs_pytorch.py --sweep [--repeats 3] [--steps 2] [--rows 0,1] [--runners ours,fp32]
+    timeout 5400 python benchmarks/vs_pytorch.py --sweep [--repeats 3] [--steps 2] [--rows 0,1] [--runners ours,ours-bf16,fp32]
 
 Prints, all measured in this one run:
   * sgemm GFLOP/s at the model's shapes (every product of one layer's forward and backward plus
@@ -27,9 +27,10 @@ Prints, all measured in this one run:
   * scale: Trainer(workers=63) against Trainer(workers=2), alternated, at global batch 64 (one
     sequence per worker) and 252 (four); the top-level groups' tokens/s
     (stats.group_tokens_per_s) slowest / fastest.
-  * --sweep (instead of all the above): the six shapes of issue #17, ours (2 workers) against
-    PyTorch fp32 eager, bf16 autocast and torch.compile (2 threads), tokens/s and peak RSS,
-    each configuration in its own process (benchmarks/sweep.py).
+  * --sweep (instead of all the above): the six shapes of issue #17, ours (2 workers) in fp32
+    and bf16 against PyTorch fp32 eager, bf16 autocast and torch.compile in fp32 and under bf16
+    autocast (2 threads), tokens/s and peak RSS, each configuration in its own process
+    (benchmarks/sweep.py).
 """
 
 import argparse
@@ -322,12 +323,17 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="the shape sweep of issue #17 instead")
     ap.add_argument("--repeats", type=int, default=3, help="--sweep: rounds over the runners")
     ap.add_argument("--rows", default="0,1,2,3,4,5", help="--sweep: which shapes (0-5)")
-    ap.add_argument("--runners", default="ours,fp32,bf16,compile", help="--sweep: which runners")
+    ap.add_argument("--runners", default="ours,ours-bf16,fp32,bf16,compile,compile-bf16",
+                    help="--sweep: which runners")
     args = ap.parse_args()
     if args.sweep:
-        from sweep import sweep
+        from sweep import RUNNERS, sweep
+        runners = tuple(args.runners.split(","))
+        if not set(runners) <= set(RUNNERS):
+            ap.error(f"--runners: unknown {sorted(set(runners) - set(RUNNERS))}; choose from "
+                     f"{','.join(RUNNERS)}")
         return sweep([int(r) for r in args.rows.split(",")], args.repeats, max(args.steps, 1),
-                     tuple(args.runners.split(",")))
+                     runners)
     skip = set(filter(None, args.skip.split(",")))
     import torch  # noqa: F401  (load its libraries before threadpoolctl looks)
     cfg, _ = preset("cllm-4.5m")
