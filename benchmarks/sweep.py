@@ -27,8 +27,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -38,7 +36,6 @@ ROWS = [(256, 6, 8, 128, 16), (384, 6, 6, 256, 8), (768, 2, 12, 256, 4), (512, 4
         (256, 6, 8, 512, 8), (256, 6, 8, 1024, 8)]
 RUNNERS = ("ours", "ours-bf16", "fp32", "bf16", "compile", "compile-bf16")
 OURS = ("ours", "ours-bf16")
-CORPUS = ROOT / "data" / "tinyshakespeare.txt"
 
 
 def model_config(row):
@@ -47,51 +44,21 @@ def model_config(row):
     return ModelConfig(vocab_size=256, block_size=T, n_layer=L, n_head=NH, n_embd=C)
 
 
-def our_step(cfg, B, precision):
-    from crystalline.config import TrainConfig
-    from crystalline.engine.trainer import Trainer
-    train = TrainConfig(batch_size=B, eval_interval=0, warmup_steps=10, precision=precision)
-    trainer = Trainer(cfg, train, str(CORPUS), workers=2)
-    return lambda: trainer.step()
-
-
-def torch_step(cfg, B, mode):
-    import torch
-    from crystalline.model.gpt import GPT
-    from test_torch_parity import torch_adamw, torch_loss
-    torch.set_num_threads(2)
-    tp = {k: torch.tensor(v.copy(), requires_grad=True)
-          for k, v in GPT(cfg, seed=0).param_views().items()}
-    opt = torch_adamw(tp)
-    loss_fn = torch.compile(torch_loss) if mode.startswith("compile") else torch_loss
-    rng = np.random.default_rng(0)
-
-    def step():
-        data = torch.from_numpy(rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1)))
-        x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-        if mode.endswith("bf16"):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss, _ = loss_fn(tp, cfg, x, y)
-        else:
-            loss, _ = loss_fn(tp, cfg, x, y)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(tp.values()), 1.0)
-        opt.step()
-        return loss.item()
-    return step
-
-
 def child(runner, row, steps):
     """Warm up, time `steps` steps; print median tokens/s and this process's peak RSS (MiB)."""
+    from vs_pytorch import our_trainer, torch_runner
     cfg, B = model_config(row), ROWS[row][4]
-    step = (our_step(cfg, B, "bf16" if runner == "ours-bf16" else "fp32") if runner in OURS
-            else torch_step(cfg, B, runner))
-    step()
+    if runner in OURS:
+        trainer = our_trainer(cfg, 2, B, "bf16" if runner == "ours-bf16" else "fp32")
+        def step(_):
+            return trainer.step()
+    else:
+        step = torch_runner(cfg, 2, runner)
+    step(B)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        step()
+        step(B)
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{B * cfg.block_size / statistics.median(times):.1f} {peak:.0f}")
@@ -125,7 +92,7 @@ def sweep(rows, repeats, steps, runners=RUNNERS):
     import os
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; "
           f"{repeats} rounds x {len(runners)} runners per shape, {steps} timed steps each")
-    print(f"{'C, L, NH (hs), T, B':26s} " + " ".join(f"{r:>10s}" for r in runners) +
+    print(f"{'C, L, NH (hs), T, B':26s} " + " ".join(f"{r:>12s}" for r in runners) +
           f" {'fp32 ratio':>10s} {'best ratio':>10s}   peak RSS MiB", flush=True)
     theirs = [r for r in runners if r not in OURS]
     for row in rows:
@@ -134,8 +101,8 @@ def sweep(rows, repeats, steps, runners=RUNNERS):
         for _ in range(repeats):
             for r in runners:
                 got[r].append(run_child(r, row, steps))
-        cells = [f"{statistics.median(g[0] for g in got[r] if g):10.0f}" if any(got[r])
-                 else f"{'failed':>10s}" for r in runners]
+        cells = [f"{statistics.median(g[0] for g in got[r] if g):12.0f}" if any(got[r])
+                 else f"{'failed':>12s}" for r in runners]
         ratios = [per_round_ratio(got, ["ours"], ["fp32"]), per_round_ratio(got, OURS, theirs)]
         cells += [f"{x:9.2f}x" if x else f"{'-':>10s}" for x in ratios]
         rss = " / ".join(f"{statistics.median(g[1] for g in got[r] if g):.0f}"
@@ -143,7 +110,7 @@ def sweep(rows, repeats, steps, runners=RUNNERS):
         print(f"{f'{C}, {L}, {NH} (hs {C // NH}), {T}, {B}':26s} {' '.join(cells)}   {rss}",
               flush=True)
         for r in runners:
-            print(f"    {r:9s} tokens/s by round: "
+            print(f"    {r:12s} tokens/s by round: "
                   f"{', '.join(f'{g[0]:.0f}' if g else 'failed' for g in got[r])}", flush=True)
 
 

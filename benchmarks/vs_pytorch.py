@@ -113,18 +113,28 @@ def gemm_rates(cfg, N, rounds=5, repeat=3):
 
 
 # ---------------------------------------------------------------- runners
-def torch_runner(cfg, threads):
+def torch_runner(cfg, threads, mode="fp32"):
+    """PyTorch's training step of the same model (step(B) -> loss): loss, backward, clipping at
+    1.0, AdamW; mode fp32 (eager), bf16 (under bf16 autocast), compile or compile-bf16 (the
+    loss through torch.compile, in fp32 or under bf16 autocast)."""
     import torch
-    from test_torch_parity import torch_adamw, torch_train_step
+    from test_torch_parity import torch_adamw, torch_loss
     tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in GPT(cfg, seed=0).param_views().items()}
     opt = torch_adamw(tp)
+    loss_fn = torch.compile(torch_loss) if mode.startswith("compile") else torch_loss
     rng = np.random.default_rng(0)
 
     def step(B):
         torch.set_num_threads(threads)       # every call: threadpoolctl limits OpenMP too
         data = torch.from_numpy(rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1)))
         x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-        return torch_train_step(tp, opt, cfg, x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.endswith("bf16")):
+            loss, _ = loss_fn(tp, cfg, x, y)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(tp.values()), 1.0)
+        opt.step()
+        return loss.item()
     return step
 
 
@@ -187,37 +197,14 @@ def compare(cfg, args):
 
 
 # ---------------------------------------------------------------- bf16
-def torch_bf16_runner(cfg, threads, compiled):
-    """PyTorch's step with the model under bf16 autocast (torch.compile'd when `compiled`)."""
-    import torch
-    from test_torch_parity import torch_adamw, torch_loss
-    tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in GPT(cfg, seed=0).param_views().items()}
-    opt = torch_adamw(tp)
-    loss_fn = torch.compile(torch_loss) if compiled else torch_loss
-    rng = np.random.default_rng(0)
-
-    def step(B):
-        torch.set_num_threads(threads)
-        data = torch.from_numpy(rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1)))
-        x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, _ = loss_fn(tp, cfg, x, y)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(tp.values()), 1.0)
-        opt.step()
-        return loss.item()
-    return step
-
-
 def compare_bf16(cfg, args):
     from crystalline.model.precision import gemm_provider
     B, tokens, n = 16, 16 * cfg.block_size, args.threads
     trainers = {p: our_trainer(cfg, n, B, p) for p in ("bf16", "fp32")}
     runners = {
         "crystalline bf16": lambda b: trainers["bf16"].step(),
-        "pytorch bf16": torch_bf16_runner(cfg, n, False),
-        "pytorch compile+bf16": torch_bf16_runner(cfg, n, True),
+        "pytorch bf16": torch_runner(cfg, n, "bf16"),
+        "pytorch compile+bf16": torch_runner(cfg, n, "compile-bf16"),
         "crystalline fp32": lambda b: trainers["fp32"].step(),
         "pytorch fp32": torch_runner(cfg, n),
     }

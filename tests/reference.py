@@ -91,3 +91,23 @@ def warmup_cosine(step, peak, floor, warmup, total):
         return floor
     angle = math.pi * (step - warmup) / (total - warmup)
     return floor + (peak - floor) * (math.cos(angle) + 1) / 2
+
+
+def assert_gradients_match_differences(grads, p64, loss, entries, seed=7, h=1e-5):
+    """Every gradient tensor in `grads` (name -> array) against central differences of the float64
+    `loss()` at `entries` random entries of the same tensor in p64 (name -> float64 array, moved
+    and restored in place): |g - fd| <= 1e-3 (max |g| of the tensor + |fd|), and no tensor all 0."""
+    rng = np.random.default_rng(seed)
+    for name, g in grads.items():
+        scale = np.abs(g).max()
+        assert scale > 0, name
+        flat_p, flat_g = p64[name].reshape(-1), g.reshape(-1)
+        for i in rng.choice(flat_g.size, size=min(entries, flat_g.size), replace=False):
+            old = flat_p[i]
+            flat_p[i] = old + h
+            lp = loss()
+            flat_p[i] = old - h
+            lm = loss()
+            flat_p[i] = old
+            fd = (lp - lm) / (2 * h)
+            assert abs(flat_g[i] - fd) <= 1e-3 * scale + 1e-3 * abs(fd), (name, i, flat_g[i], fd)

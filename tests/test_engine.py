@@ -166,7 +166,13 @@ def test_an_abort_while_node_zero_waits_for_its_controls_abandons_the_step(shake
     tr.step()
     params = tr.model.params.copy()
     monkeypatch.setattr(spheres, "reduce_rows", reduce_rows)
-    stopper = threading.Thread(target=lambda: (in_reduce.wait(30), tr.interrupt(), go.set()))
+    assert_step_abandoned(tr, params, in_reduce, lambda: (tr.interrupt(), go.set()))
+
+
+def assert_step_abandoned(tr, params, reached, stop):
+    """The next step, stopped by stop() once `reached` is set, raises TrainingStopped and leaves
+    the trainer after step 1 with `params`; closes tr."""
+    stopper = threading.Thread(target=lambda: (reached.wait(30), stop()))
     stopper.start()
     with pytest.raises(TrainingStopped):
         tr.step()
@@ -365,13 +371,7 @@ def test_stop_interrupts_a_direct_step_call(shakespeare):
 
     tree.abort = abort
     tr.model.forward_into = forward_until_aborted
-    stopper = threading.Thread(target=lambda: (in_forward.wait(), tr.stop()))
-    stopper.start()
-    with pytest.raises(TrainingStopped):
-        tr.step()
-    stopper.join()
-    assert tr.steps_done == 1 and np.array_equal(tr.model.params, params)
-    tr.close()
+    assert_step_abandoned(tr, params, in_forward, tr.stop)
 
 
 def test_ctrl_c_during_run_ends_it_with_training_stopped_and_a_later_run_goes_on(shakespeare):

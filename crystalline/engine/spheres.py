@@ -52,7 +52,6 @@ class Job:
 @dataclass
 class Outcome:
     loss_sum: float = float("nan")         # summed token losses of the tree's sequences
-    tokens: int = 0                        # tokens in the tree's sequences
     update: object = None                  # what update(grad, loss_sum) returned (train jobs)
     timings: dict = field(default_factory=dict)
     failure: tuple | None = None           # (sphere, exception) if a sphere raised
@@ -73,7 +72,6 @@ class SphereTree:
         first, count = sequences
         self.hierarchy, self.model, self.stats, self.update = hierarchy, model, stats, update
         self.dropout_seed = dropout_seed
-        self.tokens_per_step = count * T
         n_workers = len(hierarchy.workers)
         self.balance, self.straggler_mode = balance, straggler_mode
         self.slowdown = np.ones(n_workers)    # straggler factor per worker; set between steps
@@ -407,7 +405,7 @@ class SphereTree:
         row[FIELD["updated"]] = time.time()
         timings = {"hand_out": t1 - t0, "parallel": t3 - t1, "reduce": t4 - t3, "update": t5 - t4,
                    "total": t5 - t0}
-        return Outcome(loss_sum=loss_sum, tokens=self.tokens_per_step, update=result, timings=timings)
+        return Outcome(loss_sum=loss_sum, update=result, timings=timings)
 
     def _record_bytes(self) -> None:
         """Bytes each sphere owns: workers their workspace, segment and batch; Node Zero the rest."""

@@ -34,12 +34,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from crystalline.config import FASTMATH
+from crystalline.model.kernels.simd import _F32V, LANES, _arg_values, _is_array, _store_tile
 
 MR = 12                    # rows of the register tile (one broadcast A pair each)
 NR = 32                    # columns of the register tile: two vectors of 16 float32 lanes
-_VECTORS = NR // 16
-_F32V = ir.VectorType(ir.FloatType(), 16)
-_I32V = ir.VectorType(ir.IntType(32), 16)
+_VECTORS = NR // LANES
+_I32V = ir.VectorType(ir.IntType(32), LANES)
 
 
 class _BFloat(ir.types.Type):
@@ -121,10 +121,6 @@ def pack_panels(dst, src, s_off, lds, K, N, transposed):
 
 
 # ---------------------------------------------------------------- register tile
-def _is_array(arr, dtype):
-    return isinstance(arr, types.Array) and arr.dtype == dtype and arr.layout == "C"
-
-
 @intrinsic
 def _tile(typingctx, c, c_off, ldc, a, a_off, b, b_off, Kp, accumulate):
     """c[c_off + r * ldc + j] (+)= sum_p dot2(a[a_off + r * Kp + p], b[b_off + p * NR + j]) for
@@ -139,18 +135,7 @@ def _tile(typingctx, c, c_off, ldc, a, a_off, b, b_off, Kp, accumulate):
     sig = types.void(c, c_off, ldc, a, a_off, b, b_off, Kp, accumulate)
 
     def codegen(context, builder, sig, args):
-        intp = context.get_value_type(types.intp)
-
-        def integer(i):
-            return context.cast(builder, args[i], sig.args[i], types.intp)
-
-        def pointer(i, off):
-            data = context.make_array(sig.args[i])(context, builder, args[i]).data
-            return builder.gep(data, [integer(off)])
-
-        def const(v):
-            return ir.Constant(intp, v)
-
+        integer, pointer, const = _arg_values(context, builder, sig, args)
         c_ptr, a_ptr, b_ptr = pointer(0, 1), pointer(3, 4), pointer(5, 6)
         ldc_, kp = integer(2), integer(7)
         dp = cgutils.get_or_insert_function(
@@ -174,16 +159,7 @@ def _tile(typingctx, c, c_off, ldc, a, a_off, b, b_off, Kp, accumulate):
                 for v in range(_VECTORS):
                     builder.store(builder.call(dp, [builder.load(acc[r][v]), av, bv[v]]), acc[r][v])
         add = context.cast(builder, args[8], sig.args[8], types.boolean)
-        for r in range(MR):
-            c_row = builder.gep(c_ptr, [builder.mul(const(r), ldc_)])
-            for v in range(_VECTORS):
-                ptr = builder.bitcast(builder.gep(c_row, [const(16 * v)]), _F32V.as_pointer())
-                value = builder.load(acc[r][v])
-                with builder.if_else(add) as (then, otherwise):
-                    with then:
-                        builder.store(builder.fadd(builder.load(ptr, align=4), value), ptr, align=4)
-                    with otherwise:
-                        builder.store(value, ptr, align=4)
+        _store_tile(builder, acc, c_ptr, ldc_, add, const)
         return context.get_dummy_value()
 
     return sig, codegen

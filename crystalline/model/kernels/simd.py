@@ -31,8 +31,43 @@ _F32V = ir.VectorType(ir.FloatType(), LANES)
 _F64V = ir.VectorType(ir.DoubleType(), LANES)
 
 
+def _is_array(arr, dtype):
+    return isinstance(arr, types.Array) and arr.dtype == dtype and arr.layout == "C"
+
+
 def _is_f32_array(arr):
-    return isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.layout == "C"
+    return _is_array(arr, types.float32)
+
+
+def _arg_values(context, builder, sig, args):
+    """(integer, pointer, const) for an intrinsic's codegen: integer(i) is argument i as an intp,
+    pointer(i, j) the address of array argument i's element at the offset held by argument j,
+    const(v) an intp constant."""
+    intp = context.get_value_type(types.intp)
+
+    def integer(i):
+        return context.cast(builder, args[i], sig.args[i], types.intp)
+
+    def pointer(i, j):
+        return _base(context, builder, sig.args[i], args[i], sig.args[j], args[j])
+
+    def const(v):
+        return ir.Constant(intp, v)
+    return integer, pointer, const
+
+
+def _store_tile(builder, acc, c_ptr, ldc, add, const):
+    """c[r * ldc + v * LANES + lane] = acc[r][v][lane], or += where the IR boolean `add` is true."""
+    for r, row in enumerate(acc):
+        c_row = builder.gep(c_ptr, [builder.mul(const(r), ldc)])
+        for v, accumulator in enumerate(row):
+            ptr = builder.bitcast(builder.gep(c_row, [const(v * LANES)]), _F32V.as_pointer())
+            value = builder.load(accumulator)
+            with builder.if_else(add) as (then, otherwise):
+                with then:
+                    builder.store(builder.fadd(builder.load(ptr, align=4), value), ptr, align=4)
+                with otherwise:
+                    builder.store(value, ptr, align=4)
 
 
 def _splat(builder, value):

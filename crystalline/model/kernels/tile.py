@@ -22,7 +22,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from crystalline.model.kernels.simd import _F32V, LANES, _is_f32_array, _splat
+from crystalline.model.kernels.simd import (_F32V, LANES, _arg_values, _is_f32_array, _splat,
+                                            _store_tile)
 
 ROWS = 4
 
@@ -37,20 +38,10 @@ def _make_tile(vectors: int):
         sig = types.void(c, c_off, ldc, a, a_off, ars, aks, b, b_off, ldb, K, accumulate)
 
         def codegen(context, builder, sig, args):
-            intp = context.get_value_type(types.intp)
-
-            def integer(i):
-                return context.cast(builder, args[i], sig.args[i], types.intp)
-
-            def pointer(i, off):
-                data = context.make_array(sig.args[i])(context, builder, args[i]).data
-                return builder.gep(data, [integer(off)])
+            integer, pointer, const = _arg_values(context, builder, sig, args)
 
             def vector_at(base, offset):
                 return builder.bitcast(builder.gep(base, [offset]), _F32V.as_pointer())
-
-            def const(v):
-                return ir.Constant(intp, v)
 
             c_ptr, a_ptr, b_ptr = pointer(0, 1), pointer(3, 4), pointer(7, 8)
             ldc_, ars_, aks_, ldb_ = integer(2), integer(5), integer(6), integer(9)
@@ -72,16 +63,7 @@ def _make_tile(vectors: int):
                         builder.store(builder.call(fma, [sv, bv[v], builder.load(acc[r][v])]),
                                       acc[r][v])
             add = context.cast(builder, args[11], sig.args[11], types.boolean)
-            for r in range(ROWS):
-                c_row = builder.gep(c_ptr, [builder.mul(const(r), ldc_)])
-                for v in range(vectors):
-                    p = vector_at(c_row, const(v * LANES))
-                    value = builder.load(acc[r][v])
-                    with builder.if_else(add) as (then, otherwise):
-                        with then:
-                            builder.store(builder.fadd(builder.load(p, align=4), value), p, align=4)
-                        with otherwise:
-                            builder.store(value, p, align=4)
+            _store_tile(builder, acc, c_ptr, ldc_, add, const)
             return context.get_dummy_value()
 
         return sig, codegen
