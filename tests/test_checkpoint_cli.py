@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from reference import warmup_cosine
+from crystalline import Trainer
 from crystalline.checkpoint import read_checkpoint
 from crystalline.cli import main
 from crystalline.config import load_toml
@@ -106,5 +107,8 @@ def test_squad_data(tmp_path):
                  "answers": [{"text": "honey", "answer_start": 10}]}]}]}]}
     squad = tmp_path / "squad.json"
     squad.write_text(json.dumps(doc))
-    _, meta = train(tmp_path, "--data", f"squad:{squad}", "--sample", "0")
+    out, meta = train(tmp_path, "--data", f"squad:{squad}", "--sample", "0")
     assert meta["data_source"] == f"squad:{squad}"
+    # the recorded source is a squad: spec, not a path, and loads back without --data
+    with Trainer.load(out / "checkpoint.safetensors") as trainer:
+        assert trainer.steps_done == 2 and trainer.step().step == 2

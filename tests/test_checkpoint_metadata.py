@@ -30,7 +30,8 @@ def checkpoint(shakespeare, tmp_path_factory):
     ("skipped_steps", 2.0), ("skipped_steps", 4),
     ("workers", 0), ("workers", 1729), ("workers", 1.5),
     ("sync", "fast"), ("sync", 1),
-    ("data_source", 3), ("data_sha256", "abc"), ("data_sha256", None), ("digest", 7),
+    ("data_source", 3), ("data_sha256", "abc"), ("data_sha256", None), ("data_sha256", "X" * 64),
+    ("data_sha256", "g" * 64), ("digest", 7),
     ("model_config", []), ("train_config", "lr=1"), ("tokenizer", None),
 ])
 def test_a_wrong_type_or_range_is_named(checkpoint, tmp_path, field, value):
@@ -82,7 +83,8 @@ def test_a_valid_checkpoint_passes_every_check(checkpoint):
 def test_a_folder_is_named_as_a_folder(checkpoint, tmp_path, capsys):
     with pytest.raises(CheckpointError, match=f"{checkpoint.parent} is a folder.*pass {checkpoint}$"):
         load_model(checkpoint.parent)
-    with pytest.raises(CheckpointError, match="is a folder.*a .safetensors file in it"):
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file; pass the path of a "
+                                              r"\.safetensors file in it$"):
         read_checkpoint(tmp_path)
     assert main(["sample", "--ckpt", str(checkpoint.parent)]) == 2
     assert f"pass {checkpoint}" in capsys.readouterr().err
