@@ -288,3 +288,20 @@ def test_bf16_refuses_parameters_other_than_the_models_own():
     assert str(err.value) == ("precision='bf16' reads the bf16 copy of model.params; pass "
                               "params=None, or copy the values into model.params and call "
                               "model.weights_changed()")
+
+
+@needs_bf16
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_bf16_workspace_counts_its_packing_buffers(provider, monkeypatch):
+    """nbytes = the float32 activations + the bf16 packing buffers (MKL: the layer input, N x 4C,
+    and the output gradient, N x the widest output, as uint16)."""
+    monkeypatch.setenv(GEMM_ENV, provider)
+    B, T, C, V = 3, CFG.block_size, CFG.n_embd, CFG.vocab_size
+    fp32 = GPT(CFG, seed=0).workspace(B)
+    bf16 = GPT(CFG, seed=0, precision="bf16").workspace(B)
+    assert fp32.nbytes == fp32.buffer.nbytes and bf16.buffer.nbytes == fp32.buffer.nbytes
+    extra = bf16.nbytes - fp32.nbytes
+    if provider == "mkl":
+        assert extra == 2 * (B * T * 4 * C + B * T * max(4 * C, V))
+    else:
+        assert extra > 2 * B * T * 4 * C               # at least one packed copy of the MLP input

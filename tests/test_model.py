@@ -290,3 +290,75 @@ def test_buffers_hold_exactly_what_the_model_needs():
     assert ws.a["lse"].shape == (L, 3 * TINY.n_head * T)
     assert ws.a["att_scratch"].shape == (5 * T * hs + 2 * 64 * T + T + 4 * hs,)
     assert "att" not in ws.a and "datt" not in ws.a
+
+
+def test_every_input_refusal_of_the_allocation_free_path_in_full():
+    """forward_into / backward_into / workspace name what is wrong and how to fix it."""
+    model, P = GPT(TINY, seed=0), GPT(TINY).params.size
+    ws = model.workspace(2)
+    x, y = batch(TINY, 2, 8)
+    cases = [
+        (lambda: model.forward([[1, 2]]),
+         "idx must be a 2-D numpy integer array (B, T), got list with shape None"),
+        (lambda: model.forward(x.astype(np.float32)),
+         "idx must have an integer dtype, got float32; pass token ids, e.g. x.astype(np.int32)"),
+        (lambda: model.forward(np.zeros((0, 4), np.int32)),
+         "idx is empty (shape (0, 4)); pass at least one token"),
+        (lambda: model.forward(np.array([[-3, 5]], np.int32)),
+         f"idx holds token id -3 outside 0..vocab_size-1 = {TINY.vocab_size - 1}"),
+        (lambda: model.forward_into(ws, x, y.astype(np.float64)),
+         "targets must have an integer dtype, got float64; pass token ids, e.g. x.astype(np.int32)"),
+        (lambda: model.forward_into(ws, x, y, dropout=5),
+         "dropout must be a DropoutKey or None, got int"),
+        (lambda: model.forward_into(ws, x, y, params=np.zeros(P, np.float64)),
+         f"params must be float32 of shape ({P},), got float64 ({P},)"),
+        (lambda: (model.forward_into(ws, x, y), model.backward_into(ws, np.zeros(2 * P, np.float32)[::2])),
+         f"grad_row must be a contiguous float32 array of shape ({P},)"),
+        (lambda: model.workspace(1, seq_len=0), "workspace seq_len = 0 must be in 1..block_size = 32"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ConfigError) as e:
+            call()
+        assert str(e.value) == message
+    model.forward_into(ws, x)                              # no targets: nothing to differentiate
+    with pytest.raises(ConfigError) as e:
+        model.backward_into(ws, np.zeros(P, np.float32))
+    assert str(e.value) == "backward_into needs a forward_into with targets on this workspace first"
+
+
+def test_the_documented_defaults():
+    """seed 0, the sum-of-losses gradient (dloss 1), generate's seed 0, a workspace of the asked
+    length, float32 decay mask, the simple API growing for any (B, T), projections' init std."""
+    model = GPT(TINY)
+    np.testing.assert_array_equal(model.params, GPT(TINY, seed=0).params)
+    assert model.decay_mask.dtype == np.float32
+    x, y = batch(TINY, 2, 8)
+    model.forward(x, y)
+    mean_grad = model.backward().copy()
+    ws = model.workspace(2)
+    model.forward_into(ws, x, y)
+    grad = np.zeros_like(model.params)
+    model.backward_into(ws, grad, accumulate=False)
+    np.testing.assert_allclose(grad, mean_grad * x.size, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(model.generate(x[:1, :3], 5), model.generate(x[:1, :3], 5, seed=0))
+    short = model.workspace(2, seq_len=1)
+    assert short.seq_len == 1 and short.nbytes < ws.nbytes
+    for shape in ((4, 2), (6, 1)):                         # more sequences than tokens in each
+        model.forward(np.zeros(shape, np.int32))
+        assert model.logits.shape == (*shape, TINY.vocab_size)
+    p = model.param_views()
+    ratio = p["attprojw"].std() / p["qkvw"].std()          # nanoGPT: 0.02 / sqrt(2 L) against 0.02
+    assert ratio == pytest.approx(1 / math.sqrt(2 * TINY.n_layer), rel=0.1)
+    assert p["fcprojw"].std() / p["fcw"].std() == pytest.approx(1 / math.sqrt(2 * TINY.n_layer), rel=0.1)
+
+
+def test_forward_into_on_other_parameters_is_that_models_forward_and_backward():
+    """params= runs the step on any flat array of the same layout (not the model's own)."""
+    model, other = jiggled(TINY, seed=0), jiggled(TINY, seed=5)
+    x, y = batch(TINY, 2, 8)
+    ws = model.workspace(2)
+    loss = model.forward_into(ws, x, y, params=other.params)
+    grad = np.zeros_like(model.params)
+    model.backward_into(ws, grad, accumulate=False)
+    assert loss == pytest.approx(other.forward(x, y), rel=1e-6)
+    np.testing.assert_allclose(grad, other.backward() * x.size, rtol=1e-4, atol=1e-6)

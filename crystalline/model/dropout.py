@@ -39,7 +39,7 @@ def attention_dropout(key: DropoutKey | None, p: float) -> tuple:
     return (0.0, 0, 0, 0) if key is None else (p, key.seed, key.step, key.first)
 
 
-def drop_rows(out, inp, key: DropoutKey, p: float, layer: int, site: int, B: int, T: int) -> None:
+def drop_rows(out, inp, key: DropoutKey, p: float, layer: int, site: int, B: int) -> None:
     """out = inp * mask / (1 - p) for B sequences of (T, C) rows (out may be inp); the mask of
     sequence key.first + b of that (layer, site). Also the backward of the same dropout."""
     dropout_forward(out.reshape(-1), inp.reshape(-1), key.seed, key.step, key.first, layer, site,

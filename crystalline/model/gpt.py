@@ -198,7 +198,7 @@ class GPT:
         att_drop = attention_dropout(key, cfg.dropout)
         encoder_forward(a["encoded"], idx, p["wte"], p["wpe"], B, T, C)
         if key:
-            drop_rows(a["encoded"], a["encoded"], key, cfg.dropout, 0, SITE_EMBEDDING, B, T)
+            drop_rows(a["encoded"], a["encoded"], key, cfg.dropout, 0, SITE_EMBEDDING, B)
         for l in range(L):
             residual = a["encoded"] if l == 0 else a["residual3"][l - 1]
             layernorm_forward(a["ln1"][l], a["ln1_mean"][l], a["ln1_rstd"][l], residual,
@@ -208,7 +208,7 @@ class GPT:
                               a["att_scratch"], *att_drop, l)
             matmul_forward(a["proj"], a["atty"][l], p["attprojw"][l], p["attprojb"][l], N, C, C)
             if key:
-                drop_rows(a["proj"], a["proj"], key, cfg.dropout, l, SITE_ATTN_OUT, B, T)
+                drop_rows(a["proj"], a["proj"], key, cfg.dropout, l, SITE_ATTN_OUT, B)
             residual_forward(a["residual2"][l].reshape(-1), residual.reshape(-1),
                              a["proj"].reshape(-1), N * C)
             layernorm_forward(a["ln2"][l], a["ln2_mean"][l], a["ln2_rstd"][l], a["residual2"][l],
@@ -220,7 +220,7 @@ class GPT:
             matmul_forward(a["proj"], a["fch_gelu"], p["fcprojw"][l], p["fcprojb"][l],
                            N, 4 * C, C)
             if key:
-                drop_rows(a["proj"], a["proj"], key, cfg.dropout, l, SITE_MLP_OUT, B, T)
+                drop_rows(a["proj"], a["proj"], key, cfg.dropout, l, SITE_MLP_OUT, B)
             residual_forward(a["residual3"][l].reshape(-1), a["residual2"][l].reshape(-1),
                              a["proj"].reshape(-1), N * C)
         layernorm_forward(a["lnf"], a["lnf_mean"], a["lnf_rstd"], a["residual3"][L - 1],
@@ -269,7 +269,7 @@ class GPT:
             # dres holds d residual3[l]; the MLP branch adds into it, making it d residual2[l]
             # dinp_beta = 0.0: the scratch dinp is overwritten, not accumulated (no zeroing)
             # (with dropout, the branch's gradient is dres through its mask, in the free dln)
-            dbranch = self._undrop(dln, dres, key, l, SITE_MLP_OUT, B, T)
+            dbranch = self._undrop(dln, dres, key, l, SITE_MLP_OUT, B)
             # gelu(fch) again, and gelu'(fch) into dfch: one tanh serves both
             gelu_forward_and_grad(a["fch_gelu"].reshape(-1), dfch.reshape(-1),
                                   a["fch"][l].reshape(-1), N * 4 * C)
@@ -281,7 +281,7 @@ class GPT:
             layernorm_backward(dres, g["ln2w"][l], g["ln2b"][l], dln, a["residual2"][l],
                                p["ln2w"][l], a["ln2_mean"][l], a["ln2_rstd"][l], N, C)
             # the attention branch adds into it, making it d residual3[l - 1]
-            dbranch = self._undrop(dln, dres, key, l, SITE_ATTN_OUT, B, T)
+            dbranch = self._undrop(dln, dres, key, l, SITE_ATTN_OUT, B)
             matmul_backward(datty, g["attprojw"][l], g["attprojb"][l], dbranch, a["atty"][l],
                             p["attprojw"][l], N, C, C, 0.0, wb)
             attention_backward(dqkv, datty, a["qkv"][l], a["atty"][l], a["lse"][l], B, T, C,
@@ -290,15 +290,15 @@ class GPT:
                             N, C, 3 * C, 0.0, wb)
             layernorm_backward(dres, g["ln1w"][l], g["ln1b"][l], dln, residual, p["ln1w"][l],
                                a["ln1_mean"][l], a["ln1_rstd"][l], N, C)
-        encoder_backward(g["wte"], g["wpe"], self._undrop(dres, dres, key, 0, SITE_EMBEDDING, B, T),
+        encoder_backward(g["wte"], g["wpe"], self._undrop(dres, dres, key, 0, SITE_EMBEDDING, B),
                          idx, B, T, C)
 
-    def _undrop(self, out, dout, key, layer, site, B, T):
+    def _undrop(self, out, dout, key, layer, site, B):
         """The gradient before a dropout site: dout through the site's mask, written to out;
         dout itself when no dropout acts."""
         if not key:
             return dout
-        drop_rows(out, dout, key, self.config.dropout, layer, site, B, T)
+        drop_rows(out, dout, key, self.config.dropout, layer, site, B)
         return out
 
     # ---- the simple API -----------------------------------------------------------------------
