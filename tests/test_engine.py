@@ -2,6 +2,7 @@
 
 import math
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -131,6 +132,32 @@ def test_worker_seconds_accumulate_and_efficiency_is_a_fraction(shakespeare):
         assert (np.diff(series, axis=0) >= 0).all() and (series[-1] > series[0]).all(), name
     efficiency = snaps[-1]["efficiency"][workers]
     assert ((0 < efficiency) & (efficiency <= 1)).all(), efficiency
+
+
+def test_control_spheres_accumulate_their_waits_and_reductions(shakespeare):
+    """A control sphere's wait_a_s, wait_b_s and reduce_s grow step by step, each within the
+    elapsed time, and its `updated` stamp is of the last step; an idle worker counts nothing."""
+    snaps, before = [], time.time()
+    train_cfg = TRAIN_CFG.replace(batch_size=8)              # 13 workers: 5 of them idle
+    with make_trainer(shakespeare, workers=13, train_cfg=train_cfg) as tr:
+        for _ in range(4):
+            tr.step()
+            snaps.append(tr.stats.snapshot())
+            stepped = time.time()
+    elapsed = stepped - before
+    controls = (snaps[0]["role"] == "control") & (np.arange(len(snaps[0]["role"])) !=
+                                                  tr.hierarchy.node_zero.id)
+    assert controls.sum() == 12
+    for name in ("wait_a_s", "wait_b_s", "reduce_s"):
+        series = np.array([snap[name][controls] for snap in snaps])      # (steps, controls)
+        assert (np.diff(series, axis=0) >= 0).all() and (series[-1] > series[0]).all(), name
+        assert (series[-1] <= elapsed).all(), name
+    assert (snaps[-1]["updated"][controls] >= snaps[-2]["updated"][controls]).all()
+    assert (snaps[-1]["updated"][controls] <= stepped).all()
+    workers = snaps[-1]["role"] == "worker"
+    idle = workers & (snaps[-1]["tokens"] == 0)
+    assert idle.sum() == 5 and (snaps[-1]["micro_batches"][idle] == 0).all()
+    assert (snaps[-1]["micro_batches"][workers & ~idle] == 4).all()
 
 
 def test_a_steps_timings_add_up_and_node_zeros_counters_are_its_own(shakespeare):

@@ -65,9 +65,8 @@ class SphereTree:
     step's global batch (all of it in one process; a rank's share under MPI).
     """
 
-    def __init__(self, hierarchy, model, sequences: tuple[int, int], stats, update,
-                 sync: str = "lock_free", balance: str = "static", straggler_mode: str = "sleep",
-                 dropout_seed: int = 0):
+    def __init__(self, hierarchy, model, sequences: tuple[int, int], stats, update, sync: str,
+                 balance: str, straggler_mode: str, dropout_seed: int):
         T = model.config.block_size
         first, count = sequences
         self.hierarchy, self.model, self.stats, self.update = hierarchy, model, stats, update
