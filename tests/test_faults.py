@@ -246,6 +246,33 @@ def test_a_stall_in_node_zeros_update_names_node_zero_alone(shakespeare):
     assert stalls[0]["seconds"] >= 0.3
 
 
+def test_a_stall_in_a_control_spheres_reduction_names_it_in_phase_reduce(shakespeare, monkeypatch):
+    """One control sphere held while adding its children's rows: the report names it, in phase
+    "reduce", not yet at the reduction's end (Node Zero waits for it in the same phase)."""
+    import crystalline.engine.spheres as spheres
+    tr = Trainer(MODEL_CFG, TRAIN_CFG.replace(batch_size=26), shakespeare, workers=13)  # 2 each
+    tr.step()
+    tr.watchdog_min_s = 0.3
+    reported, stalls, held = threading.Event(), [], []
+    tr.on_stall = lambda stall: (stalls.append(dict(stall)), reported.set())
+    original = spheres.reduce_rows
+
+    def reduce_rows(grads, target, sources):
+        name = threading.current_thread().name
+        if name.endswith("-control") and not held:
+            held.append(name)
+            assert reported.wait(30)
+        return original(grads, target, sources)
+
+    monkeypatch.setattr(spheres, "reduce_rows", reduce_rows)
+    tr.step()
+    tr.close()
+    reducing = [s for s in stalls[0]["spheres"] if s["role"] == "control"]
+    assert reducing and all(s["phase"] == "reduce" and s["not_arrived_at"] == "the reduction's end"
+                            for s in reducing)
+    assert not [s for s in stalls[0]["spheres"] if s["phase"] == "compute"]
+
+
 def test_stop_and_pause_storm_never_hangs_or_half_applies(shakespeare):
     before = set(threading.enumerate())
     rng = np.random.default_rng(1)
