@@ -110,6 +110,30 @@ def test_full_lattice_and_model_lock_equal_single_thread(shakespeare, reference)
     assert_close_params(tr.model.params, reference)
 
 
+@pytest.mark.parametrize("sync, overlaps", [("model_lock", False), ("lock_free", True)])
+def test_model_lock_lets_one_worker_compute_at_a_time(shakespeare, sync, overlaps):
+    """Each worker's forward waits (at most 2 s) for another worker to be inside a forward too:
+    under the predecessor's global lock none ever is; lock-free, the two meet at once."""
+    inside, met, lock = [0], threading.Event(), threading.Lock()
+    with make_trainer(shakespeare, workers=2, sync=sync) as tr:
+        original = tr.model.forward_into
+
+        def forward_into(*args, **kw):
+            with lock:
+                inside[0] += 1
+                if inside[0] > 1:
+                    met.set()
+            met.wait(2.0)
+            try:
+                return original(*args, **kw)
+            finally:
+                with lock:
+                    inside[0] -= 1
+        tr.model.forward_into = forward_into
+        tr.step()
+    assert met.is_set() == overlaps
+
+
 def test_each_workers_loss_is_its_mean_token_loss(shakespeare):
     with make_trainer(shakespeare, workers=5) as tr:
         loss = tr.step().loss
