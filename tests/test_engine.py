@@ -134,6 +134,19 @@ def test_model_lock_lets_one_worker_compute_at_a_time(shakespeare, sync, overlap
     assert met.is_set() == overlaps
 
 
+def test_resizing_a_live_tree_with_controls_ends_its_threads(shakespeare):
+    """resize() closes the old tree through its exit job: every sphere, controls too, leaves."""
+    with make_trainer(shakespeare, workers=13) as tr:
+        tr.step()
+        old = tr._tree.threads
+        resizing = threading.Thread(target=tr.resize, args=(2,))
+        resizing.start()
+        resizing.join(60)
+        assert not resizing.is_alive(), "resize() hung closing the old tree"
+        assert not any(t.is_alive() for t in old)
+        assert tr.step().step == 1
+
+
 def test_each_workers_loss_is_its_mean_token_loss(shakespeare):
     with make_trainer(shakespeare, workers=5) as tr:
         loss = tr.step().loss
@@ -251,6 +264,30 @@ def test_a_control_under_a_control_equals_single_thread(shakespeare, reference):
         for _ in range(3):
             tr.step()
     assert_close_params(tr.model.params, reference)
+
+
+def test_a_control_adds_its_rows_only_after_its_control_children(shakespeare, monkeypatch):
+    """The inner control holds its reduction (at most 2 s): its parent, which has a worker child
+    too, must not begin adding rows."""
+    import crystalline.engine.spheres as spheres
+    h = Hierarchy.for_workers(13)
+    h.spawn(next(w for w in h.workers if w.parent is not h.node_zero and len(w.parent.children) > 1), 2)
+    inner = next(c for s in h.controls if s is not h.node_zero for c in s.children
+                 if c.role == "control")
+    original, parent_began, early = spheres.reduce_rows, threading.Event(), []
+
+    def reduce_rows(grads, target, sources):
+        name = threading.current_thread().name
+        if name == f"sphere-{inner.parent.id}-control":
+            parent_began.set()
+        if name == f"sphere-{inner.id}-control":
+            early.append(parent_began.wait(2.0))
+        return original(grads, target, sources)
+
+    monkeypatch.setattr(spheres, "reduce_rows", reduce_rows)
+    with make_trainer(shakespeare, hierarchy=h, train_cfg=TRAIN_CFG.replace(batch_size=48)) as tr:
+        tr.step()                                   # 48 sequences: the parent's worker has some
+    assert early == [False]
 
 
 def test_same_tree_is_bitwise_deterministic(shakespeare):
