@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +255,7 @@ def test_a_stall_in_a_control_spheres_reduction_names_it_in_phase_reduce(shakesp
     tr.step()
     tr.watchdog_min_s = 0.3
     reported, stalls, held = threading.Event(), [], []
-    tr.on_stall = lambda stall: (stalls.append(dict(stall)), reported.set())
+    tr.on_stall = lambda stall: (stalls.append((dict(stall), time.perf_counter())), reported.set())
     original = spheres.reduce_rows
 
     def reduce_rows(grads, target, sources):
@@ -265,8 +266,12 @@ def test_a_stall_in_a_control_spheres_reduction_names_it_in_phase_reduce(shakesp
         return original(grads, target, sources)
 
     monkeypatch.setattr(spheres, "reduce_rows", reduce_rows)
+    began = time.perf_counter()
     tr.step()
     tr.close()
+    (stall, at), *_ = stalls
+    assert 0.3 <= stall["seconds"] <= at - began           # the step's age when it was reported
+    stalls = [stall]
     reducing = [s for s in stalls[0]["spheres"] if s["role"] == "control"]
     assert reducing and all(s["phase"] == "reduce" and s["not_arrived_at"] == "the reduction's end"
                             for s in reducing)
