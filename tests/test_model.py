@@ -344,7 +344,8 @@ def test_the_documented_defaults():
     short = model.workspace(2, seq_len=1)
     assert short.seq_len == 1 and short.nbytes < ws.nbytes
     fresh = GPT(TINY)
-    for shape in ((4, 2), (6, 1)):                         # more sequences than tokens in each
+    for shape in ((4, 2), (6, 1), (1, 1)):                 # more sequences than tokens; fewer
+        # tokens than layers
         fresh.forward(np.zeros(shape, np.int32))
         assert fresh.logits.shape == (*shape, TINY.vocab_size)
     p = model.param_views()
