@@ -197,40 +197,36 @@ def test_control_spheres_accumulate_their_waits_and_reductions(shakespeare):
     assert (snaps[-1]["micro_batches"][workers & ~idle] == 4).all()
 
 
-def test_worker_and_node_zero_counters_agree_with_each_step(shakespeare):
-    """Per step, from the counters' increments: a worker's efficiency is compute / (compute +
-    wait at B), its tokens/s last_tokens / (wait at A + compute + wait at B); every counter stays
-    within the elapsed time, Node Zero's too; each sphere's `updated` is of the last step; a
-    worker owns its inputs and targets, workspace and gradient row (bytes)."""
+def test_worker_and_node_zero_counters_agree_with_a_step(shakespeare):
+    """After one step (and close(), so that the counters written after Point B are in): a
+    worker's efficiency is compute / (compute + wait at B), its tokens/s last_tokens / (wait at
+    A + compute + wait at B); every counter is within the elapsed time, Node Zero's too; each
+    sphere's `updated` is of that step; a worker owns its inputs and targets, workspace and
+    gradient row (bytes)."""
     before = time.time()
     with make_trainer(shakespeare, workers=2, stragglers={0: 2.0}) as tr:
         tr.step()
-        first = tr.stats.snapshot()
-        tr.step()
-        last = tr.stats.snapshot()
         tree = tr._tree
     after = time.time()
+    snap = tr.stats.snapshot()
     workers = [s.id for s in tr.hierarchy.workers]
     node_zero = tr.hierarchy.node_zero.id
-    d = {k: last[k] - first[k] for k in ("compute_s", "wait_a_s", "wait_b_s")}
     for i in workers:
-        assert last["efficiency"][i] == pytest.approx(
-            d["compute_s"][i] / (d["compute_s"][i] + d["wait_b_s"][i]), rel=1e-6)
-        assert last["last_tokens"][i] == TRAIN_CFG.batch_size // 2 * MODEL_CFG.block_size
-        assert last["tokens_per_s"][i] == pytest.approx(
-            last["last_tokens"][i] / (d["wait_a_s"][i] + d["compute_s"][i] + d["wait_b_s"][i]),
-            rel=1e-6)
-        assert before <= last["updated"][i] <= after
-    fast = workers[1]                     # waits at Point B for the straggler
-    assert last["efficiency"][fast] < 0.9
+        compute, wait_a, wait_b = (snap[k][i] for k in ("compute_s", "wait_a_s", "wait_b_s"))
+        assert snap["efficiency"][i] == pytest.approx(compute / (compute + wait_b), rel=1e-6)
+        assert snap["last_tokens"][i] == TRAIN_CFG.batch_size // 2 * MODEL_CFG.block_size
+        assert snap["tokens_per_s"][i] == pytest.approx(
+            snap["last_tokens"][i] / (wait_a + compute + wait_b), rel=1e-6)
+        assert before <= snap["updated"][i] <= after
+    assert snap["efficiency"][workers[1]] < 0.9          # waits at Point B for the straggler
     for name in ("compute_s", "wait_a_s", "wait_b_s", "reduce_s"):
         for i in workers + [node_zero]:
-            assert 0 <= first[name][i] <= last[name][i] <= after - before, (name, i)
-    assert last["wait_b_s"][node_zero] > first["wait_b_s"][node_zero] > 0
+            assert 0 <= snap[name][i] <= after - before, (name, i)
+    assert snap["wait_b_s"][node_zero] > 0
     for s in tr.hierarchy.workers:
         w = s.worker_index
         owned = 2 * tree.inputs[w].nbytes + tree.workspaces[w].nbytes + 4 * tr.model.params.size
-        assert last["bytes"][s.id] == owned == tree.inputs[w].nbytes + tree.targets[w].nbytes \
+        assert snap["bytes"][s.id] == owned == tree.inputs[w].nbytes + tree.targets[w].nbytes \
             + tree.workspaces[w].nbytes + tree.grads[w].nbytes
 
 
