@@ -416,7 +416,8 @@ def _wait_until_read(streams, deadline_s: float = 2.0) -> None:
     for stream in streams:
         try:
             fd = stream.fileno()
-            if not (stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISSOCK(os.fstat(fd).st_mode)):
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
                 continue
             while time.monotonic() < end and struct.unpack(
                     "i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0] > 0:

@@ -271,11 +271,10 @@ def test_a_stall_in_a_control_spheres_reduction_names_it_in_phase_reduce(shakesp
     tr.close()
     (stall, at), *_ = stalls
     assert 0.3 <= stall["seconds"] <= at - began           # the step's age when it was reported
-    stalls = [stall]
-    reducing = [s for s in stalls[0]["spheres"] if s["role"] == "control"]
+    reducing = [s for s in stall["spheres"] if s["role"] == "control"]
     assert reducing and all(s["phase"] == "reduce" and s["not_arrived_at"] == "the reduction's end"
                             for s in reducing)
-    assert not [s for s in stalls[0]["spheres"] if s["phase"] == "compute"]
+    assert not [s for s in stall["spheres"] if s["phase"] == "compute"]
 
 
 def test_stop_and_pause_storm_never_hangs_or_half_applies(shakespeare):
