@@ -107,6 +107,10 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     if _digest(tensors, meta) != meta["digest"]:
         raise CheckpointError(f"{path}: digest mismatch: the file was modified or corrupted after it "
                               "was written; use an earlier checkpoint")
+    bad = {k: int(np.count_nonzero(~np.isfinite(tensors[k]))) for k in TENSORS}
+    if any(bad.values()):
+        raise CheckpointError(f"{path}: non-finite values {bad}; crystalline never saves them (a step "
+                              "that would make one is skipped): use a checkpoint written by crystalline")
     return tensors, meta
 
 

@@ -59,7 +59,7 @@ def state_dict(model, conv1d: bool) -> dict[str, np.ndarray]:
 
 
 def load_state_dict(model, tensors: dict[str, np.ndarray], conv1d: bool, where: str) -> None:
-    """Copy a GPT-2 / nanoGPT state dict into model.params (shapes checked)."""
+    """Copy a GPT-2 / nanoGPT state dict into model.params (shapes and finiteness checked)."""
     p = model.param_views()
     for ours, theirs, matrix in NAMES:
         layers = [None] if "{l}" not in theirs else range(model.config.n_layer)
@@ -74,6 +74,9 @@ def load_state_dict(model, tensors: dict[str, np.ndarray], conv1d: bool, where: 
             if t.shape != want:
                 raise CheckpointError(f"{where}: tensor {name} has shape {t.shape}; its config "
                                       f"implies {want}")
+            if not np.isfinite(t).all():
+                raise CheckpointError(f"{where}: tensor {name} holds non-finite values; "
+                                      "crystalline starts only from finite weights")
             target[...] = t.T if matrix and conv1d else t
 
 

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -232,7 +233,6 @@ def test_the_digest_does_not_depend_on_the_order_of_the_metadata_keys(checkpoint
 
 
 def test_tensors_that_are_not_float32_vectors_are_refused_with_a_consistent_digest(checkpoint, tmp_path):
-    import re
     tensors, _ = read_checkpoint(checkpoint)
     n = tensors["params"].shape[0]
     wide = rewrite_tensors(checkpoint, tmp_path / "f64.safetensors",
@@ -245,6 +245,19 @@ def test_tensors_that_are_not_float32_vectors_are_refused_with_a_consistent_dige
                 f"{path}: expected float32 vectors ['params', 'adam_m', 'adam_v'], found ") + ".*"
                 + re.escape(found)):
             read_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", ["params", "adam_m", "adam_v"])
+def test_non_finite_tensors_are_refused_though_the_digest_agrees(checkpoint, tmp_path, name):
+    """The optimizer proves its steps finite only from finite parameters (and finite moments),
+    so a file holding an inf or a NaN is refused at the boundary."""
+    tensors, _ = read_checkpoint(checkpoint)
+    bad = tensors[name].copy()
+    bad[[1, 4]] = [np.inf, np.nan]
+    path = rewrite_tensors(checkpoint, tmp_path / "inf.safetensors", dict(tensors, **{name: bad}))
+    counts = {k: 2 if k == name else 0 for k in ("params", "adam_m", "adam_v")}
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{path}: non-finite values {counts}; ")):
+        read_checkpoint(path)
 
 
 def test_a_file_with_a_foreign_header_is_named_before_parsing(tmp_path):

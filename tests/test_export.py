@@ -110,6 +110,19 @@ def test_import_of_a_random_gpt2_gives_the_same_logits(tmp_path):
     np.testing.assert_array_equal(model16.params, model.params.astype(np.float16).astype(np.float32))
 
 
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
+    from safetensors.numpy import load_file, save_file
+    tensors = load_file(tmp_path / "model.safetensors")
+    name = next(k for k in tensors if k.endswith("h.0.mlp.c_fc.weight"))
+    tensors[name][3, 5] = np.inf
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"tensor {name} holds non-finite values"):
+        from_hf(tmp_path)
+
+
 @pytest.mark.parametrize("change, named", [
     ({"activation_function": "relu"}, "activation 'relu'"),
     ({"n_inner": 96}, "MLP of width 96"),

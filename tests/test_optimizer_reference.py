@@ -79,3 +79,84 @@ def test_a_non_finite_gradient_is_not_applied(bad):
     norm, applied = opt.update(grad, 0, 0.5)
     assert not applied and not math.isfinite(norm) and opt.t == 0
     assert np.array_equal(model.params, params) and not opt.m.any() and not opt.v.any()
+
+
+def counting_exact_checks(monkeypatch):
+    """A list that grows by one each time the optimizer computes the update a second time to
+    check it (the slow path its bounds exist to avoid)."""
+    import crystalline.engine.optimizer as optimizer
+    calls, exact = [], optimizer.adamw_step_is_finite
+    monkeypatch.setattr(optimizer, "adamw_step_is_finite", lambda *a: calls.append(1) or exact(*a))
+    return calls
+
+
+def test_ordinary_steps_are_proved_finite_without_a_second_pass(monkeypatch):
+    calls = counting_exact_checks(monkeypatch)
+    model = GPT(MICRO, seed=0)
+    opt = AdamW(model, TrainConfig(grad_clip=1.0))
+    rng = np.random.default_rng(1)
+    for step in range(20):
+        norm, applied = opt.update(rng.normal(0, 10.0 ** (step % 7 - 3), model.params.size)
+                                   .astype(np.float32), step, 0.25)
+        assert applied
+        if step == 10:
+            assert opt.m.any() and opt.v.any()    # taking the moments costs one read of their bounds
+    assert calls == [] and opt.t == 20 and np.isfinite(model.params).all()
+
+
+def test_a_step_at_the_edge_of_the_bounds_stays_finite_and_matches_float64(monkeypatch):
+    """Parameters at float32's largest, gradient entries up to 1e18 (gradient**2 near 1e37) and
+    a step size that moves a parameter by ~5e29: the bounds prove the step finite (no second
+    pass) and the result is the float64 reference's, rounded."""
+    calls = counting_exact_checks(monkeypatch)
+    model = GPT(MICRO, seed=0)
+    cfg = TrainConfig(learning_rate=5e-3, weight_decay=0.0, grad_clip=0.0, beta1=0.0, warmup_steps=0)
+    opt = AdamW(model, cfg)
+    P = model.params.size
+    model.params[:] = np.float32(3.4e38) * np.where(np.arange(P) % 2, 1, -1).astype(np.float32)
+    grad = np.zeros(P, np.float32)
+    grad[:4] = [1e18, -1e18, 3.0, -3.0]
+    p0 = model.params.astype(np.float64)
+    norm, applied = opt.update(grad, 0)
+    assert applied and calls == []
+    want_p, want_m, want_v = ref.adamw(p0, grad.astype(np.float64), np.zeros(P), np.zeros(P),
+                                       np.zeros(P), 5e-3, 0.0, cfg.beta2, ADAM_EPS, 0.0, 1)
+    assert np.isfinite(model.params).all() and np.isfinite(opt.v).all()
+    np.testing.assert_allclose(model.params, want_p, rtol=1e-6)
+    np.testing.assert_allclose(opt.v, want_v, rtol=1e-6)
+
+
+def written_moment(model, opt, grad):
+    """m[3] = 1e36 written through the array, where v and the gradient are 0: m stays in range
+    but lr * m / eps overflows; the bounds must be read from the array, not carried from the
+    last step."""
+    opt.m[3] = 1e36
+
+
+def decay_past_one(model, opt, grad):
+    """lr * weight_decay = 1e37 (set past the config's limit of 1): a decayed parameter of 100
+    leaves float32's range."""
+    object.__setattr__(opt.cfg, "weight_decay", 1e40)
+    model.params[np.flatnonzero(model.decay_mask)[0]] = 100.0
+
+
+def gradient_past_the_moments(model, opt, grad):
+    """An entry of 1e20 with clipping off: (1 - beta2) * g * g overflows v."""
+    object.__setattr__(opt.cfg, "grad_clip", 0.0)
+    grad[5] = 1e20
+
+
+@pytest.mark.parametrize("overflow", [written_moment, decay_past_one, gradient_past_the_moments])
+def test_an_update_the_bounds_cannot_prove_is_checked_and_skipped(overflow):
+    model = GPT(MICRO, seed=0)
+    opt = AdamW(model, TrainConfig(learning_rate=1e-3, warmup_steps=0))
+    grad = np.full(model.params.size, 1e-3, np.float32)
+    grad[3] = 0.0
+    assert opt.update(grad, 0)[1]
+    overflow(model, opt, grad)
+    params = model.params.copy()
+    m = opt.m.copy()                  # (v is not taken before the update: taking m must suffice)
+    norm, applied = opt.update(grad, 1)
+    assert not applied and math.isfinite(norm) and opt.t == 1
+    assert np.array_equal(model.params, params) and np.array_equal(opt.m, m)
+    assert np.isfinite(opt.v).all()

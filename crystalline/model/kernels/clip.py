@@ -3,29 +3,17 @@
 
 import math
 
-import numpy as np
 from numba import njit
 
 from crystalline.config import FASTMATH
+from crystalline.model.kernels.simd import vdot
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def grad_norm(grads):
-    # four float64 partial sums in a fixed order: deterministic, and shorter dependency chains
-    s0 = s1 = s2 = s3 = 0.0
-    n = grads.shape[0]
-    n4 = n - n % 4
-    for i in range(0, n4, 4):
-        a, b = np.float64(grads[i]), np.float64(grads[i + 1])
-        c, d = np.float64(grads[i + 2]), np.float64(grads[i + 3])
-        s0 += a * a
-        s1 += b * b
-        s2 += c * c
-        s3 += d * d
-    for i in range(n4, n):
-        a = np.float64(grads[i])
-        s0 += a * a
-    return math.sqrt((s0 + s1) + (s2 + s3))
+    """sqrt(sum(grads**2)) of a (P,) float32 array: float64 vector lanes in a fixed order
+    (simd.vdot), so deterministic."""
+    return math.sqrt(vdot(grads, 0, grads, 0, grads.shape[0]))
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
