@@ -216,6 +216,23 @@ def test_any_tree_equals_one_thread_and_repeats_bitwise(provider, monkeypatch):
         np.testing.assert_allclose(runs[key], runs["1"], rtol=0, atol=2e-5)
 
 
+@needs_bf16
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_each_step_leaves_the_bf16_copy_equal_to_the_new_parameters_rounded(provider, monkeypatch):
+    """AdamW writes (MKL) or packs (our tiles) the copy with the parameters: forwards before and
+    after a refresh from scratch agree bitwise; with MKL the copy is the formula's rounding."""
+    monkeypatch.setenv(GEMM_ENV, provider)
+    tr, _ = trainer(2, "bf16", 3)
+    model, rng = tr.model, np.random.default_rng(0)
+    idx, targets = (rng.integers(0, model.config.vocab_size, (2, 16)) for _ in range(2))
+    after_steps = model.forward(idx, targets)
+    if provider == "mkl":
+        np.testing.assert_array_equal(model.bf16_weights.buffer, bits_of(bf16_round(model.params)))
+    model.weights_changed()
+    assert model.forward(idx, targets) == after_steps
+    tr.close()
+
+
 def test_a_cpu_without_avx512_bf16_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setenv(HIDE_ENV, "1")
     with pytest.raises(ConfigError, match="needs the CPU feature avx512_bf16.*use precision = 'fp32'"):

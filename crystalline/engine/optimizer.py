@@ -74,7 +74,8 @@ class AdamW:
         return self._m.nbytes + self._v.nbytes
 
     def update(self, grad: np.ndarray, step: int, scale: float = 1.0) -> tuple[float, bool]:
-        """One AdamW step at `step`'s learning rate on `scale * grad`, clipped to cfg.grad_clip.
+        """One AdamW step at `step`'s learning rate on `scale * grad`, clipped to cfg.grad_clip;
+        the model's bf16 weight copy (precision="bf16") follows the parameters.
 
         The norm is one pass over the gradient; scaling and clipping happen inside AdamW's pass
         (`grad` itself is not modified). Returns (norm of the scaled gradient before clipping,
@@ -93,7 +94,10 @@ class AdamW:
         if bounds is None and not adamw_step_is_finite(*args):
             return norm, False
         self.t += 1
-        adamw_step(*args)
+        copy = self.model.bf16_params
+        adamw_step(*args, copy)         # the bf16 weight copy is written in the same pass ...
+        if copy is None:
+            self.model.weights_changed()    # ... or packed after it (no-op in fp32)
         self._bounds = bounds
         return norm, True
 

@@ -283,8 +283,6 @@ class Trainer:
         """Node Zero, after the reduction: mean-loss gradient, clip, AdamW, count the step."""
         loss_sum = self._combine(grad, loss_sum)
         norm, applied = self.optimizer.update(grad, self.steps_done, 1.0 / self.tokens_per_step)
-        if applied:
-            self.model.weights_changed()         # the bf16 weight copy, once per step (bf16 only)
         self.steps_done += 1
         self.skipped_steps += not applied
         self._skipped_in_a_row = 0 if applied else self._skipped_in_a_row + 1

@@ -135,9 +135,16 @@ class GPT:
         """Bytes of the bf16 weight copy (0 in fp32)."""
         return 0 if self.bf16_weights is None else self.bf16_weights.nbytes
 
+    @property
+    def bf16_params(self) -> np.ndarray | None:
+        """The bf16 weight copy where it is params element for element ((P,) uint16 bits: the
+        MKL GEMM's), which AdamW refreshes in its own pass; else None."""
+        w = self.bf16_weights
+        return w.buffer if w is not None and w.provider == "mkl" else None
+
     def weights_changed(self) -> None:
-        """Refresh the bf16 weight copy from params (precision="bf16"; Node Zero calls it once per
-        step after AdamW, and whoever else writes model.params must too)."""
+        """Refresh the bf16 weight copy from params (precision="bf16"; AdamW's update does it once
+        per step, and whoever else writes model.params must too)."""
         if self.bf16_weights is not None:
             self.bf16_weights.refresh(self.params)
 

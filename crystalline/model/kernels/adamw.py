@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit
 
 from crystalline.config import FASTMATH
+from crystalline.model.kernels.bf16 import round_bf16
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
@@ -24,15 +25,35 @@ def _element(p, g, mi, vi, mask, b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay):
     return mi, vi, p - step * mi / (np.sqrt(vi) * inv_sqrt_bc2 + e) - decay * mask * p
 
 
+BLOCK = 4096    # elements updated before their bf16 copy is written, while still in cache
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def adamw_step(params, grads, m, v, decay_mask, lr, beta1, beta2, eps, weight_decay, t,
-               grad_scale=1.0):
+               grad_scale=1.0, bf16=None):
     """One step t >= 1 on the gradient grad_scale * grads (scaled as it is read; grads is left
     as it is): m, v moments; p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * mask * p).
+    bf16: None, or a (P,) uint16 array that receives the bf16 bits of the new parameters
+    (round to nearest even, as bf16.round_bf16), block by block in the same pass.
 
     Scalars are formed in float64 once, the loop runs in float32 (as PyTorch's does), so it
-    vectorises 16 lanes wide: m_hat / (sqrt(v_hat) + eps) = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)."""
-    b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay = _scalars(lr, beta1, beta2, eps, weight_decay, t)
+    vectorises: m_hat / (sqrt(v_hat) + eps) = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)."""
+    constants = _scalars(lr, beta1, beta2, eps, weight_decay, t)
+    if bf16 is None:
+        _update(params, grads, m, v, decay_mask, grad_scale, constants)
+        return
+    n = params.shape[0]
+    for start in range(0, n, BLOCK):
+        block = slice(start, min(n, start + BLOCK))
+        _update(params[block], grads[block], m[block], v[block], decay_mask[block], grad_scale,
+                constants)
+        round_bf16(bf16[block], params[block], min(n, start + BLOCK) - start)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _update(params, grads, m, v, decay_mask, grad_scale, constants):
+    """adamw_step's loop over whole arrays (a function of its own, so that LLVM vectorises it)."""
+    b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay = constants
     for i in range(params.shape[0]):
         g = np.float32(grads[i] * grad_scale)       # as clip.scale_ rounds it
         m[i], v[i], params[i] = _element(params[i], g, m[i], v[i], decay_mask[i],
