@@ -37,9 +37,30 @@ def main(argv: list[str] | None = None) -> int:
         except CrystallineError as e:
             print(f"crystalline: error: {e}", file=sys.stderr)
             return 2
+    except Exception as e:
+        interrupt = _interrupt_behind(e)
+        if interrupt is None:
+            raise
+        return _interrupted(interrupt)
     except KeyboardInterrupt as e:
-        signum = getattr(e, "signum", 2)
-        print(f"crystalline: interrupted ({'SIGTERM' if signum == 15 else 'SIGINT'})", file=sys.stderr)
-        return 128 + signum
+        return _interrupted(e)
     finally:
         signals.restore(previous)
+
+
+def _interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that caused `error`, if any: a signal raised inside a C extension's
+    initialisation comes back as ImportError("initialization failed") caused by it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    signum = getattr(e, "signum", 2)
+    print(f"crystalline: interrupted ({'SIGTERM' if signum == 15 else 'SIGINT'})", file=sys.stderr)
+    return 128 + signum

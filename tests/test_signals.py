@@ -214,3 +214,23 @@ def test_ctrl_c_on_two_mpi_ranks_ends_like_one_process(tmp_path):
         assert "Traceback" not in err and "TrainingError" not in err and "MPI_Abort" not in err, err
         trained += assert_checkpoint_agrees_with_metrics(run) > 0
     assert trained >= 5                   # the signals sent during training found steps to save
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_a_c_extensions_import_is_still_an_interrupt(monkeypatch, capsys, signum):
+    """CI caught Ctrl-C landing while matplotlib's ft2font initialised: Python reports that as
+    ImportError("initialization failed") caused by our Interrupted, which must still exit 128 + N
+    without a traceback; an ImportError with no signal behind it still propagates."""
+    from crystalline import cli
+    from crystalline.signals import Interrupted
+
+    def failing_import(cause):
+        def build_parser():
+            raise ImportError("initialization failed") from cause
+        return build_parser
+    monkeypatch.setattr(cli, "build_parser", failing_import(Interrupted(signum)))
+    assert cli.main(["train"]) == 128 + signum
+    assert capsys.readouterr().err == f"crystalline: interrupted ({signal.Signals(signum).name})\n"
+    monkeypatch.setattr(cli, "build_parser", failing_import(None))
+    with pytest.raises(ImportError, match="initialization failed"):
+        cli.main(["train"])

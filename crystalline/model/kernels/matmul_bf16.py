@@ -71,11 +71,20 @@ def matmul_forward_mkl(out, inp, w16, w_off, bias, N, C, OC, x16):
 def matmul_backward_mkl(dinp, dweight, dbias, dout, inp, w16, w_off, N, C, OC, dinp_beta,
                         dweight_beta, x16, dy16):
     """matmul_backward_bf16's products through MKL; x16, dy16: uint16 scratch (N * C, N * OC)."""
-    round_bf16(dy16, dout, N * OC)
+    if dbias.shape[0] != 0:
+        _round_and_sum_columns(dy16, dout, dbias, N, OC)
+    else:
+        round_bf16(dy16, dout, N * OC)
     gemm16(N_, N_, N, C, OC, dy16, 0, OC, w16, w_off, C, dinp_beta, dinp, 0, C)
     round_bf16(x16, inp, N * C)
     gemm16(T_, N_, OC, C, N, dy16, 0, OC, x16, 0, C, dweight_beta, dweight, 0, C)
-    if dbias.shape[0] != 0:
-        for n in range(N):
-            for o in range(OC):
-                dbias[o] += dout[n, o]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
+def _round_and_sum_columns(dy16, dout, dbias, N, OC):
+    """dy16 = bf16 bits of dout (N, OC) and dbias += its column sums (in row order, as
+    matmul_backward's), each row read once from memory."""
+    for n in range(N):
+        round_bf16(dy16[n * OC:(n + 1) * OC], dout[n], OC)
+        for o in range(OC):
+            dbias[o] += dout[n, o]
