@@ -29,7 +29,7 @@ from crystalline.model.kernels.adamw import adamw_step, adamw_step_is_finite
 from crystalline.model.kernels.clip import grad_norm
 
 ADAM_EPS = 1e-8
-SLACK = 1.0 + 2.0 ** -20    # covers float32 rounding (a few ulps of 2**-24) and the norm's own
+SLACK = 1.0 + 2.0 ** -20    # covers the rounding of a few float32 operations and of the norm
 FINITE = 1e37               # bounds of |m| and v that float32 holds with room
 SHIFT = 1e30                # |lr * m_hat / (sqrt(v_hat) + eps)| below this: p - shift - decay * p
                             # cannot overflow for any finite p (half an ulp of float32's max is 1e31)
@@ -98,13 +98,14 @@ class AdamW:
         adamw_step(*args, copy)         # the bf16 weight copy is written in the same pass ...
         if copy is None:
             self.model.weights_changed()    # ... or packed after it (no-op in fp32)
-        self._bounds = bounds
+        self._bounds = bounds           # None after the exact check: read from the arrays next time
         return norm, True
 
     def _bounds_after(self, g_max: float, lr: float, t: int) -> tuple[float, float] | None:
         """Upper bounds of |m| and v after step t with every |scaled gradient| <= g_max, when they
         prove that step finite; else None. Formed in float64 from the kernel's float32 constants."""
         if self._bounds is None:
+            # a NaN or inf in the arrays makes a bound NaN or inf, which proves nothing
             self._bounds = (float(max(self._m.max(), -self._m.min())), float(self._v.max()))
         m_max, v_max = self._bounds
         f32 = np.float32
