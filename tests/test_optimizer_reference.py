@@ -133,6 +133,21 @@ def written_moment(model, opt, grad):
     opt.m[3] = 1e36
 
 
+def written_negative_moment(model, opt, grad):
+    """The same with m[3] = -1e36: the bound is of |m|."""
+    opt.m[3] = -1e36
+
+
+def shift_past_half_an_ulp(model, opt, grad):
+    """An undecayed parameter at -float32's max with m = 3.2e25 and no v or gradient there:
+    lr / (1 - 0.9**2) * 0.9 m / eps = 1.5e31 passes half an ulp of the maximum (1.01e31), so
+    p - shift overflows though m and v stay far in range."""
+    i = np.flatnonzero(model.decay_mask == 0)[0]
+    grad[i] = 0.0
+    opt.m[i], opt.v[i] = 3.2e25, 0.0
+    model.params[i] = -np.finfo(np.float32).max
+
+
 def decay_past_one(model, opt, grad):
     """lr * weight_decay = 1e37 (set past the config's limit of 1): a decayed parameter of 100
     leaves float32's range."""
@@ -146,7 +161,8 @@ def gradient_past_the_moments(model, opt, grad):
     grad[5] = 1e20
 
 
-@pytest.mark.parametrize("overflow", [written_moment, decay_past_one, gradient_past_the_moments])
+@pytest.mark.parametrize("overflow", [written_moment, written_negative_moment, shift_past_half_an_ulp,
+                                      decay_past_one, gradient_past_the_moments])
 def test_an_update_the_bounds_cannot_prove_is_checked_and_skipped(overflow):
     model = GPT(MICRO, seed=0)
     opt = AdamW(model, TrainConfig(learning_rate=1e-3, warmup_steps=0))

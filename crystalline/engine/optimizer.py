@@ -53,7 +53,7 @@ class AdamW:
         self.cfg = cfg
         self._m = np.zeros_like(model.params)
         self._v = np.zeros_like(model.params)
-        self._bounds = (0.0, 0.0)       # upper bounds of |m| and v; None: read them from the arrays
+        self._bounds = None     # upper bounds of |m| and v; None: read them from the arrays
         self.t = 0
 
     @property
