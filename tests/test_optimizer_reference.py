@@ -155,6 +155,12 @@ def decay_past_one(model, opt, grad):
     model.params[np.flatnonzero(model.decay_mask)[0]] = 100.0
 
 
+def decay_of_one_and_a_half(model, opt, grad):
+    """lr * weight_decay = 1.5: decay * p overflows for a decayed parameter at float32's max."""
+    object.__setattr__(opt.cfg, "weight_decay", 1500.0)
+    model.params[np.flatnonzero(model.decay_mask)[0]] = np.finfo(np.float32).max
+
+
 def gradient_past_the_moments(model, opt, grad):
     """An entry of 1e20 with clipping off: (1 - beta2) * g * g overflows v."""
     object.__setattr__(opt.cfg, "grad_clip", 0.0)
@@ -162,7 +168,8 @@ def gradient_past_the_moments(model, opt, grad):
 
 
 @pytest.mark.parametrize("overflow", [written_moment, written_negative_moment, shift_past_half_an_ulp,
-                                      decay_past_one, gradient_past_the_moments])
+                                      decay_past_one, decay_of_one_and_a_half,
+                                      gradient_past_the_moments])
 def test_an_update_the_bounds_cannot_prove_is_checked_and_skipped(overflow):
     model = GPT(MICRO, seed=0)
     opt = AdamW(model, TrainConfig(learning_rate=1e-3, warmup_steps=0))
