@@ -44,10 +44,10 @@ def adamw_step(params, grads, m, v, decay_mask, lr, beta1, beta2, eps, weight_de
         return
     n = params.shape[0]
     for start in range(0, n, BLOCK):
-        block = slice(start, min(n, start + BLOCK))
-        _update(params[block], grads[block], m[block], v[block], decay_mask[block], grad_scale,
-                constants)
-        round_bf16(bf16[block], params[block], min(n, start + BLOCK) - start)
+        stop = min(n, start + BLOCK)
+        _update(params[start:stop], grads[start:stop], m[start:stop], v[start:stop],
+                decay_mask[start:stop], grad_scale, constants)
+        round_bf16(bf16[start:stop], params[start:stop], stop - start)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
