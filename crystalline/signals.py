@@ -18,12 +18,19 @@ the step in flight is abandoned before its update, run() raises TrainingStopped 
 writes a final checkpoint. A second signal raises Interrupted when `escalate` is True (one
 process) and is ignored otherwise (under MPI, mpiexec forwards the terminal's Ctrl-C to every
 rank a second time; pressing Ctrl-C again makes mpiexec end the job).
+
+A signal that lands while C code is calling back into Python (a ctypes callback: llvmlite's
+object cache while Numba compiles) cannot raise there: Python would print the Interrupted as
+"Exception ignored" with a traceback and carry on. install() makes such an ignored Interrupted
+silent; the signal is kept, and watch(trainer) hands it over as under MPI, so the run still stops
+before its first update and exits 128 + N.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -65,11 +72,25 @@ def install() -> dict | None:
     if threading.current_thread() is not threading.main_thread():
         return None
     _state.update(received=None, trainer=None, escalate=True, mpi=launched_by_mpiexec())
-    return {s: signal.signal(s, _handler) for s in SIGNALS}
+    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    previous["unraisablehook"] = sys.unraisablehook
+    sys.unraisablehook = _quiet_if_interrupted(sys.unraisablehook)
+    return previous
+
+
+def _quiet_if_interrupted(hook):
+    """An unraisablehook that drops our Interrupted (the signal is kept in _state) and passes
+    anything else to `hook`."""
+    def unraisable(info):
+        if not isinstance(info.exc_value, Interrupted):
+            hook(info)
+    return unraisable
 
 
 def restore(previous: dict | None) -> None:
     if previous:
+        previous = dict(previous)
+        sys.unraisablehook = previous.pop("unraisablehook")
         for s, h in previous.items():
             signal.signal(s, h)
     _state.update(trainer=None)

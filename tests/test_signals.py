@@ -234,3 +234,35 @@ def test_a_signal_inside_a_c_extensions_import_is_still_an_interrupt(monkeypatch
     monkeypatch.setattr(cli, "build_parser", failing_import(None))
     with pytest.raises(ImportError, match="initialization failed"):
         cli.main(["train"])
+
+
+def test_an_interrupt_inside_a_ctypes_callback_is_kept_quietly(monkeypatch):
+    """CI caught Ctrl-C landing in llvmlite's object-cache callback while Numba compiled: ctypes
+    cannot propagate it and printed "Exception ignored ... Traceback" (through sys.unraisablehook).
+    Under install() that Interrupted is dropped silently (the signal stays received, for watch()
+    to hand over); any other exception in a callback still reaches the hook; restore() puts the
+    hook back."""
+    import ctypes
+
+    from crystalline import signals
+    from crystalline.signals import Interrupted
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: reported.append(info.exc_value))
+
+    def calling_back(exc):
+        def body():
+            raise exc
+        ctypes.CFUNCTYPE(None)(body)()
+    previous = signals.install()
+    try:
+        calling_back(Interrupted(signal.SIGINT))
+        assert reported == []
+        bug = ValueError("a real bug")
+        calling_back(bug)
+        assert reported == [bug]
+    finally:
+        signals.restore(previous)
+    interrupt = Interrupted(signal.SIGINT)
+    calling_back(interrupt)
+    assert reported == [bug, interrupt]
