@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from crystalline.config import TrainConfig
-from crystalline.model.kernels.adamw import adamw_step, adamw_step_is_finite
+from crystalline.model.kernels.adamw import adamw_step, adamw_step_is_finite, step_constants
 from crystalline.model.kernels.clip import grad_norm
 
 ADAM_EPS = 1e-8
@@ -108,11 +108,8 @@ class AdamW:
             # a NaN or inf in the arrays makes a bound NaN or inf, which proves nothing
             self._bounds = (float(max(self._m.max(), -self._m.min())), float(self._v.max()))
         m_max, v_max = self._bounds
-        f32 = np.float32
-        b1, b2, eps = float(f32(self.cfg.beta1)), float(f32(self.cfg.beta2)), float(f32(ADAM_EPS))
-        a1, a2 = float(f32(1.0 - self.cfg.beta1)), float(f32(1.0 - self.cfg.beta2))
-        step = float(f32(lr / (1.0 - self.cfg.beta1 ** t)))
-        decay = float(f32(lr * self.cfg.weight_decay))
+        b1, b2, a1, a2, step, _, eps, decay = (float(c) for c in step_constants(
+            lr, self.cfg.beta1, self.cfg.beta2, ADAM_EPS, self.cfg.weight_decay, t))
         m_new = (b1 * m_max + a1 * g_max) * SLACK
         v_new = (b2 * v_max + a2 * g_max * g_max) * SLACK
         shift = step * m_new / eps * SLACK

@@ -10,8 +10,10 @@ from crystalline.model.kernels.bf16 import round_bf16
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, inline="always")
-def _scalars(lr, beta1, beta2, eps, weight_decay, t):
-    """The float32 constants of step t: formed in float64 once, so the loop runs in float32."""
+def step_constants(lr, beta1, beta2, eps, weight_decay, t):
+    """The float32 constants of step t, formed in float64 once so that the loop runs in float32:
+    (b1, b2, 1 - b1, 1 - b2, lr / (1 - b1**t), 1 / sqrt(1 - b2**t), eps, lr * weight_decay).
+    Node Zero's bounds (engine/optimizer.py) read the same values."""
     return (np.float32(beta1), np.float32(beta2), np.float32(1.0 - beta1), np.float32(1.0 - beta2),
             np.float32(lr / (1.0 - beta1 ** t)), np.float32(1.0 / math.sqrt(1.0 - beta2 ** t)),
             np.float32(eps), np.float32(lr * weight_decay))
@@ -38,7 +40,7 @@ def adamw_step(params, grads, m, v, decay_mask, lr, beta1, beta2, eps, weight_de
 
     Scalars are formed in float64 once, the loop runs in float32 (as PyTorch's does), so it
     vectorises: m_hat / (sqrt(v_hat) + eps) = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)."""
-    constants = _scalars(lr, beta1, beta2, eps, weight_decay, t)
+    constants = step_constants(lr, beta1, beta2, eps, weight_decay, t)
     if bf16 is None:
         _update(params, grads, m, v, decay_mask, grad_scale, constants)
         return
@@ -66,7 +68,8 @@ def adamw_step_is_finite(params, grads, m, v, decay_mask, lr, beta1, beta2, eps,
     """Whether adamw_step with the same arguments would leave every parameter and moment finite.
 
     Computes the step exactly as adamw_step does and writes nothing."""
-    b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay = _scalars(lr, beta1, beta2, eps, weight_decay, t)
+    b1, b2, a1, a2, step, inv_sqrt_bc2, e, decay = step_constants(lr, beta1, beta2, eps,
+                                                                  weight_decay, t)
     bad = False
     for i in range(params.shape[0]):
         g = np.float32(grads[i] * grad_scale)
