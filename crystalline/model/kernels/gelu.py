@@ -2,32 +2,20 @@
 
 math.tanh does not vectorise in Numba (a libm call per element), which made GELU cost more than
 the matmuls around it. tanh_rational is Eigen's float32 rational approximation (odd degree-13
-numerator over even degree-6 denominator, input clamped to +-7.9053): only mul/add/div/min/max,
-so LLVM vectorises the loop; within ~3e-7 absolute of np.tanh (tests/test_kernels.py checks).
+numerator over even degree-6 denominator, input clamped to +-7.9053): only mul/add/div/min/max;
+within ~3e-7 absolute of np.tanh (tests/test_kernels.py checks). The loops run 16 lanes wide
+through gelu_vec.py (bitwise the scalar code below, which does the n % 16 tail).
 
-The model uses the pair gelu_forward_keep_grad / gelu_backward_from_grad: the forward leaves
-gelu'(x) where x was, so the backward is one product instead of a second tanh."""
+The model (float32) uses the pair gelu_forward_and_grad / gelu_backward_from_grad: one tanh
+serves gelu(x) and gelu'(x), so the backward is one product instead of a second tanh."""
 
-import math
-
-import numpy as np
 from numba import njit
 
 from crystalline.config import FASTMATH
-
-GELU_K = math.sqrt(2.0 / math.pi)
-
-# float32 constants: a float64 literal would promote every element to float64 (half the lanes)
-_K = np.float32(GELU_K)
-_A = np.float32(0.044715)
-_3A = np.float32(3.0 * 0.044715)
-_HALF, _ONE = np.float32(0.5), np.float32(1.0)
-_CLAMP = np.float32(7.90531110763549805)
-_P = tuple(np.float32(c) for c in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                                    5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
-                                    4.89352455891786e-03))
-_Q = tuple(np.float32(c) for c in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
-                                    4.89352518554385e-03))
+from crystalline.model.kernels.gelu_vec import (CLAMP as _CLAMP, HALF as _HALF, ONE as _ONE,
+                                                A as _A, K as _K, P as _P, Q as _Q,
+                                                THREE_A as _3A, gelu_and_grad_vec, gelu_vec)
+from crystalline.model.kernels.simd import LANES
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
@@ -47,11 +35,34 @@ def tanh_rational(x):
     return x * p / q
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _th(x):
+    return tanh_rational(_K * (x + _A * x * x * x))
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _gelu_from(x, th):
+    return _HALF * x * (_ONE + th)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _grad_from(x, th):
+    dth = _K * (_ONE + _3A * x * x) * (_ONE - th * th)
+    return _HALF * (_ONE + th) + _HALF * x * dth
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _gelu(x):
+    return _gelu_from(x, _th(x))
+
+
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def gelu_forward(out, inp, n):
-    for i in range(n):
-        x = inp[i]
-        out[i] = _HALF * x * (_ONE + tanh_rational(_K * (x + _A * x * x * x)))
+    """out[:n] = gelu(inp.flat[:n])."""
+    o, x = out.reshape(-1), inp.reshape(-1)
+    gelu_vec(o, 0, x, 0, n // LANES)
+    for i in range(n // LANES * LANES, n):
+        o[i] = _gelu(x[i])
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -59,21 +70,19 @@ def gelu_backward(dinp, inp, dout, n):
     """Accumulate dinp += gelu'(inp) * dout."""
     for i in range(n):
         x = inp[i]
-        th = tanh_rational(_K * (x + _A * x * x * x))
-        dth = _K * (_ONE + _3A * x * x) * (_ONE - th * th)
-        dinp[i] += (_HALF * (_ONE + th) + _HALF * x * dth) * dout[i]
+        dinp[i] += _grad_from(x, _th(x)) * dout[i]
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
 def gelu_forward_and_grad(out, grad, inp, n):
     """out = gelu(inp) and grad = gelu'(inp) (grad may be inp): one tanh serves both, so the
     backward (gelu_backward_from_grad) is a product."""
-    for i in range(n):
-        x = inp[i]
-        th = tanh_rational(_K * (x + _A * x * x * x))
-        dth = _K * (_ONE + _3A * x * x) * (_ONE - th * th)
-        out[i] = _HALF * x * (_ONE + th)
-        grad[i] = _HALF * (_ONE + th) + _HALF * x * dth
+    o, g, x = out.reshape(-1), grad.reshape(-1), inp.reshape(-1)
+    gelu_and_grad_vec(o, 0, g, 0, x, 0, n // LANES)
+    for i in range(n // LANES * LANES, n):
+        th = _th(x[i])
+        o[i] = _gelu_from(x[i], th)
+        g[i] = _grad_from(x[i], th)
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")

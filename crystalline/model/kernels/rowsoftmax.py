@@ -28,7 +28,7 @@ _I32V = ir.VectorType(ir.IntType(32), LANES)
 _TAYLOR = [1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0]
 
 
-class _Vectors:
+class Vectors:
     """IR helpers over 16-lane float32 vectors for one kernel body."""
 
     def __init__(self, context, builder):
@@ -102,7 +102,7 @@ def max_row(typingctx, x, off, n):
     sig = types.float32(x, off, n)
 
     def codegen(context, builder, sig, args):
-        V = _Vectors(context, builder)
+        V = Vectors(context, builder)
         b, intp = builder, V.intp
         base = _row_base(context, builder, sig, args, 0)
         n_ = context.cast(b, args[2], sig.args[2], types.intp)
@@ -126,7 +126,7 @@ def exp_row(typingctx, x, off, n, width, shift):
     sig = types.float32(x, off, n, width, shift)
 
     def codegen(context, builder, sig, args):
-        V = _Vectors(context, builder)
+        V = Vectors(context, builder)
         b, intp = builder, V.intp
         base = _row_base(context, builder, sig, args, 0)
         n_ = context.cast(b, args[2], sig.args[2], types.intp)
@@ -153,7 +153,7 @@ def ds_row(typingctx, p, p_off, d, d_off, n, width, D, scale):
     sig = types.void(p, p_off, d, d_off, n, width, D, scale)
 
     def codegen(context, builder, sig, args):
-        V = _Vectors(context, builder)
+        V = Vectors(context, builder)
         b, intp = builder, V.intp
         pb, db = _row_base(context, builder, sig, args, 0), _row_base(context, builder, sig, args, 2)
         n_ = context.cast(b, args[4], sig.args[4], types.intp)
