@@ -114,6 +114,19 @@ def test_gelu():
     close(dx, fd_grad(lambda v: (ref.gelu(v) * dout).sum(), x))
 
 
+def test_gelu_vector_loop_is_bitwise_its_scalar_tail():
+    """gelu_vec.py's 16-lane loop and the scalar code of the n % 16 tail give the same bits."""
+    body = f32(32, scale=3.0)
+    x = np.concatenate([body, body[:15]])                    # n = 47: the tail repeats the body
+    out, grad = np.zeros_like(x), np.zeros_like(x)
+    gelu_forward(out, x, x.size)
+    np.testing.assert_array_equal(out[32:], out[:15])
+    out[:] = 0.0
+    gelu_forward_and_grad(out, grad, x, x.size)
+    np.testing.assert_array_equal(out[32:], out[:15])
+    np.testing.assert_array_equal(grad[32:], grad[:15])
+
+
 def test_gelu_with_its_derivative():
     """The model's pair: gelu(x) and gelu'(x) from one pass (into a buffer of its own or in place
     of x, which stays untouched in the first case), then the backward multiplies (in place too)."""
