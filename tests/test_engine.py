@@ -197,6 +197,40 @@ def test_control_spheres_accumulate_their_waits_and_reductions(shakespeare):
     assert (snaps[-1]["micro_batches"][workers & ~idle] == 4).all()
 
 
+class _BrokenAtB:
+    """Point B's barrier as a worker meets it when close() aborts: every sphere may have arrived
+    (the barrier's action ran, the step is done) before the abort breaks the barrier, and the
+    worker's thread wakes to find it broken."""
+
+    def __init__(self, everyone_arrived, action):
+        self.everyone_arrived, self.action = everyone_arrived, action
+
+    def wait(self):
+        if self.everyone_arrived:
+            self.action()
+        raise threading.BrokenBarrierError
+
+
+@pytest.mark.parametrize("everyone_arrived", [True, False])
+def test_a_worker_released_at_point_b_keeps_its_step_when_an_abort_follows(shakespeare,
+                                                                          everyone_arrived):
+    """A step that every sphere reached Point B in is complete: an abort that breaks B before a
+    worker's thread wakes (close() right after a step) must not lose that worker's counters;
+    a barrier broken before everyone arrived still ends the worker."""
+    with make_trainer(shakespeare, workers=2) as tr:
+        tr.step()
+        tree = tr._tree
+        real, tree.barrier_b = tree.barrier_b, _BrokenAtB(everyone_arrived, tree._released_at_b)
+        try:
+            if everyone_arrived:
+                tree._pass_b()
+            else:
+                with pytest.raises(threading.BrokenBarrierError):
+                    tree._pass_b()
+        finally:
+            tree.barrier_b = real
+
+
 def test_worker_and_node_zero_counters_agree_with_a_step(shakespeare):
     """After one step (and close(), so that the counters written after Point B are in): a
     worker's efficiency is compute / (compute + wait at B), its tokens/s last_tokens / (wait at

@@ -2,6 +2,7 @@
 float64 central finite differences of the reference forward with loss = (out * dout).sum()."""
 
 import math
+import os
 import pathlib
 import re
 
@@ -257,15 +258,24 @@ def test_matmul_backward_overwriting_dweight():
     close(dx, fd_grad(lambda v: (ref.matmul(v, d(w), d(b)) * dout).sum(), x))
 
 
-@pytest.mark.parametrize("provider", ["bound", "numba shim"])
+def _sgemm_address(provider):
+    from crystalline.model.kernels import blas
+    found = {"bound": lambda: (blas._ADDRESS,), "mkl": blas._mkl_sgemm,
+             "openblas": blas._ilp64_openblas_sgemm, "numba shim": blas._numba_blas_shim}[provider]()
+    if found is None:
+        pytest.skip(f"no {provider} sgemm in this environment")
+    return found[0]
+
+
+@pytest.mark.parametrize("provider", ["bound", "mkl", "openblas", "numba shim"])
 @pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
 def test_sgemm_providers_compute_row_major_products_with_strides(provider, ta, tb):
-    """Both ways blas.py can bind crystalline_cblas_sgemm: C = 2 op(A) op(B) + 0.5 C on row
+    """Every way blas.py can bind crystalline_cblas_sgemm: C = 2 op(A) op(B) + 0.5 C on row
     slices of wider arrays (leading dimensions larger than the columns used)."""
     import ctypes
 
     from crystalline.model.kernels import blas
-    address = blas._ADDRESS if provider == "bound" else blas._numba_blas_shim()[0]
+    address = _sgemm_address(provider)
     i64, cf, fp = ctypes.c_int64, ctypes.c_float, ctypes.POINTER(ctypes.c_float)
     sgemm = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, cf,
                              fp, i64, fp, i64, cf, fp, i64)(address)
@@ -279,6 +289,30 @@ def test_sgemm_providers_compute_row_major_products_with_strides(provider, ta, t
     sgemm(blas.ROW_MAJOR, blas.T_ if ta else blas.N_, blas.T_ if tb else blas.N_, M, N, K, 2.0,
           ptr(A), A.shape[1], ptr(B), B.shape[1], 0.5, ptr(Cm), Cm.shape[1])
     np.testing.assert_allclose(Cm[:, :N], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("choice, provider", [("openblas", "OpenBLAS"), ("mkl", "MKL"),
+                                              ("", None), ("cublas", "is not an sgemm")])
+def test_the_sgemm_choice_is_made_at_import_and_checked(choice, provider):
+    """CRYSTALLINE_SGEMM picks the float32 GEMM (MKL by default where installed); a name that is
+    no sgemm, or MKL where it is missing, is an error naming the variable."""
+    import subprocess
+    import sys
+
+    from crystalline.model.kernels import mkl_bf16
+    if choice == "mkl" and mkl_bf16.PATH is None:
+        provider = "MKL is not installed"
+    if choice == "" and provider is None:
+        provider = "MKL" if mkl_bf16.PATH else "OpenBLAS"
+    run = subprocess.run([sys.executable, "-c", "from crystalline.model.kernels import blas; "
+                          "print(blas.PROVIDER)"], capture_output=True, text=True,
+                         env={**os.environ, "CRYSTALLINE_SGEMM": choice})
+    if "not" in provider:
+        assert run.returncode != 0 and "CRYSTALLINE_SGEMM" in run.stderr
+        assert provider in run.stderr
+    else:
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.startswith(provider)
 
 
 def test_adamw_grad_scale_equals_scaling_the_gradient_first():

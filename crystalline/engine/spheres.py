@@ -95,7 +95,8 @@ class SphereTree:
 
         n = len(hierarchy.spheres)
         self.barrier_a = threading.Barrier(n)
-        self.barrier_b = threading.Barrier(n)
+        self.b_releases = 0              # times every sphere reached Point B (its barrier's action)
+        self.barrier_b = threading.Barrier(n, action=self._released_at_b)
         self.children_done = {c.id: threading.Semaphore(0) for c in hierarchy.controls}
         self.job = Job("exit")
         self.step_label = 0        # the step the current job's phase intervals belong to
@@ -207,13 +208,27 @@ class SphereTree:
             row[FIELD["compute_s"]] += t2 - t1
             row[FIELD["wait_a_s"]] += t1 - t0
             clock.enter("wait_b")
-            self.barrier_b.wait()
+            self._pass_b()
             t3 = time.perf_counter()
             row[FIELD["wait_b_s"]] += t3 - t2
             row[FIELD["efficiency"]] = (t2 - t1) / (t3 - t1) if t3 > t1 else 1.0
             row[FIELD["last_tokens"]] = tokens
             row[FIELD["tokens_per_s"]] = tokens / (t3 - t0)
             row[FIELD["updated"]] = time.time()
+
+    def _released_at_b(self) -> None:
+        self.b_releases += 1
+
+    def _pass_b(self) -> None:
+        """Wait at Point B. A worker that every sphere reached B with has finished its step even
+        if an abort (stop(), close()) breaks the barrier before this thread wakes: it returns
+        and writes its counters; a barrier broken before the release still raises."""
+        releases = self.b_releases
+        try:
+            self.barrier_b.wait()
+        except threading.BrokenBarrierError:
+            if self.b_releases == releases:
+                raise
 
     def _meet_at_a(self, clock) -> tuple[float, float, Job]:
         """Wait at Point A; (arrival time, release time, the job Node Zero handed out)."""

@@ -10,6 +10,9 @@ beta = 1 accumulates, which is how every backward product adds into its gradient
 Kernels call the symbol `crystalline_cblas_sgemm` (an ILP64 cblas_sgemm) by name, so they stay
 cacheable (cache=True) and release the GIL; this module binds that name at import (PROVIDER):
 
+  * MKL's `cblas_sgemm_64` where MKL is installed (the `bf16` extra, kernels/mkl_bf16.py, run
+    sequentially): 4-12% faster than OpenBLAS at the model's shapes on this CPU
+    (benchmarks/fp32_ceiling.py measures both); CRYSTALLINE_SGEMM=openblas keeps OpenBLAS;
   * numpy's bundled OpenBLAS (`scipy_cblas_sgemm64_`, numpy >= 2 wheels): its weight-gradient
     products (op(A) = A.T) run 10-15% faster here than those of scipy's older copy;
   * otherwise a shim over the sgemm that numba's own np.dot uses (`numba_xxgemm`, which finds
@@ -17,6 +20,7 @@ cacheable (cache=True) and release the GIL; this module binds that name at impor
 """
 
 import ctypes
+import os
 
 import numpy  # noqa: F401  (loads numpy's OpenBLAS before threadpool_info looks for it)
 from llvmlite import binding
@@ -27,6 +31,8 @@ from numba.np.linalg import ensure_blas
 from threadpoolctl import threadpool_info
 
 from crystalline.config import FASTMATH
+from crystalline.errors import ConfigError
+from crystalline.model.kernels import mkl_bf16
 
 ROW_MAJOR = 101
 N_ = 111   # CblasNoTrans
@@ -92,8 +98,24 @@ def _numba_blas_shim():
     return shim.address, "numba's BLAS (scipy.linalg.cython_blas sgemm, numba_xxgemm)"
 
 
+def _mkl_sgemm():
+    """(address, description) of MKL's ILP64 cblas_sgemm_64, or None without MKL; SGEMM_ENV
+    chooses ("mkl", "openblas" or unset: MKL where installed)."""
+    chosen = os.environ.get(SGEMM_ENV, "")
+    if chosen not in ("", "mkl", "openblas"):
+        raise ConfigError(f"{SGEMM_ENV}={chosen!r} is not an sgemm; use 'mkl' or 'openblas'")
+    if chosen == "mkl" and mkl_bf16.PATH is None:
+        raise ConfigError(f"{SGEMM_ENV}=mkl but MKL is not installed; pip install "
+                          "\"crystalline[bf16]\" or set CRYSTALLINE_MKL_RT to libmkl_rt.so.2")
+    if chosen == "openblas" or mkl_bf16.PATH is None:
+        return None
+    address = ctypes.cast(ctypes.CDLL(mkl_bf16.PATH).cblas_sgemm_64, ctypes.c_void_p).value
+    return address, f"MKL (cblas_sgemm_64, {mkl_bf16.PATH})"
+
+
+SGEMM_ENV = "CRYSTALLINE_SGEMM"
 ensure_blas()   # numba_xxgemm's lookup: the fallback, and kernels cached before this module changed
-_ADDRESS, PROVIDER = _ilp64_openblas_sgemm() or _numba_blas_shim()
+_ADDRESS, PROVIDER = _mkl_sgemm() or _ilp64_openblas_sgemm() or _numba_blas_shim()
 binding.add_symbol("crystalline_cblas_sgemm", _ADDRESS)
 _sgemm = types.ExternalFunction("crystalline_cblas_sgemm", _CBLAS_SGEMM)
 
