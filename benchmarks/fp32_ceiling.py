@@ -11,11 +11,14 @@ two), 2 C V for the LM head, and causal attention's 2 * 2 * hs * (t + 1) at posi
 dP, dQ, dK, dV). Nothing else counts: LayerNorm, softmax, GELU, the optimizer are free here.
 
 The rate: float32 GEMM, 2048^3 products on both cores at once (two threads, as two sphere
-workers), best of 3, through the BLAS our kernels call (kernels/blas.py) and through MKL's
-cblas_sgemm where MKL is installed; the faster of the two: the FMA units' throughput in practice. ceiling tokens/s = rate / operations per token: no implementation of this model in
-float32 beats it on this machine. PyTorch fp32 eager and ours are measured as in the sweep
-(sweep.py's children, alternated, medians). "max ratio" = ceiling / PyTorch: where it is below
-1.5, the target cannot be met in float32 at that row, by any implementation.
+workers), best of 3, through every sgemm kernels/blas.py can bind (MKL's where installed,
+numpy's OpenBLAS); the fastest: the FMA units' throughput in practice. "ceiling" tokens/s =
+rate / operations per token: no implementation of this model in float32 beats it here.
+"+ Node Zero" adds the serial part of our design's step, measured: Node Zero's reduction and
+AdamW (medians of TrainStep.timings of a 2-worker fp32 step), during which no product runs.
+PyTorch fp32 eager and ours are measured as in the sweep (sweep.py's children, alternated,
+medians). "max ratio" = ceiling / PyTorch: below 1.5, the target cannot be met in float32 at
+that row by any implementation; "with Node Zero", by none that keeps AdamW on Node Zero.
 """
 
 import argparse
@@ -31,9 +34,10 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from crystalline.model.kernels import mkl_bf16  # noqa: E402
-from crystalline.model.kernels.blas import N_, PROVIDER, ROW_MAJOR, gemm  # noqa: E402
-from sweep import ROWS, run_child  # noqa: E402
+from crystalline.errors import ConfigError  # noqa: E402
+from crystalline.model.kernels import blas  # noqa: E402
+from step_profile import phases  # noqa: E402
+from sweep import ROWS, model_config, run_child  # noqa: E402
 
 VOCAB = 256
 SIZE = 2048
@@ -47,23 +51,26 @@ def step_flops(C, L, NH, T, B, V=VOCAB):
     return 3 * linear + 3.5 * attention
 
 
-def openblas_product(a, b, c):
-    gemm(N_, N_, SIZE, SIZE, SIZE, 1.0, a, 0, SIZE, b, 0, SIZE, 0.0, c, 0, SIZE)
+def sgemms():
+    """{description: product(a, b, c) computing c = a @ b} for each ILP64 sgemm blas.py can bind
+    (ctypes calls release the GIL, so threads run them at once)."""
+    found = {}
+    for binder in (blas._mkl_sgemm, blas._ilp64_openblas_sgemm):
+        try:
+            bound = binder()
+        except ConfigError:                      # CRYSTALLINE_SGEMM=mkl without MKL
+            bound = None
+        if bound is None:
+            continue
+        i64, fp = ctypes.c_int64, ctypes.c_void_p
+        sgemm = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64,
+                                 ctypes.c_float, fp, i64, fp, i64, ctypes.c_float, fp, i64)(bound[0])
 
-
-def mkl_product():
-    """c = a @ b through MKL's cblas_sgemm (ctypes releases the GIL), or None without MKL."""
-    if mkl_bf16.PATH is None:
-        return None
-    sgemm = ctypes.CDLL(mkl_bf16.PATH).cblas_sgemm
-    sgemm.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
-                                           ctypes.c_void_p, ctypes.c_int, ctypes.c_float,
-                                           ctypes.c_void_p, ctypes.c_int]
-
-    def product(a, b, c):
-        sgemm(ROW_MAJOR, N_, N_, SIZE, SIZE, SIZE, 1.0, a.ctypes.data, SIZE, b.ctypes.data, SIZE,
-              0.0, c.ctypes.data, SIZE)
-    return product
+        def product(a, b, c, sgemm=sgemm):
+            sgemm(blas.ROW_MAJOR, blas.N_, blas.N_, SIZE, SIZE, SIZE, 1.0, a.ctypes.data, SIZE,
+                  b.ctypes.data, SIZE, 0.0, c.ctypes.data, SIZE)
+        found[bound[1]] = product
+    return found
 
 
 def gemm_rate(product, threads=2, repeats=3):
@@ -93,21 +100,21 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3)
     args = ap.parse_args()
-    providers = {PROVIDER: openblas_product}
-    if mkl_product() is not None:
-        providers[f"MKL's cblas_sgemm ({mkl_bf16.PATH})"] = mkl_product()
     rates = {}
     with threadpool_limits(1):
-        for name, product in providers.items():
+        for name, product in sgemms().items():
             rates[name] = gemm_rate(product)
             print(f"float32 GEMM, 2 threads at once, {name}: {rates[name]:.0f} GFLOP/s in all")
     rate = max(rates.values())
-    print(f"{'C, L, NH (hs), T, B':26s} {'GFLOP/step':>10s} {'ceiling':>9s} {'ours':>7s} "
-          f"{'(of ceiling)':>12s} {'PyTorch':>8s} {'ours/PyTorch':>12s} {'max ratio':>9s}")
+    print(f"{'C, L, NH (hs), T, B':26s} {'GFLOP/step':>10s} {'ceiling':>8s} {'ours':>6s} "
+          f"{'of ceiling':>10s} {'PyTorch':>8s} {'ours/PyTorch':>12s} {'max ratio':>9s} "
+          f"{'Node Zero ms':>12s} {'max ratio with it':>17s}")
     for row in (int(r) for r in args.rows.split(",")):
         C, L, NH, T, B = ROWS[row]
         flops = step_flops(C, L, NH, T, B)
-        ceiling = B * T * rate * 1e9 / flops
+        gemm_s = flops / (rate * 1e9)
+        ph = phases(model_config(row), B, "fp32")
+        serial_s = (ph["reduce"] + ph["update"]) / 1e3
         got = {"ours": [], "fp32": []}
         for _ in range(args.repeats):
             for runner in got:
@@ -115,9 +122,11 @@ def main():
                 if result:
                     got[runner].append(result[0])
         ours, torch_ = (statistics.median(got[r]) if got[r] else float("nan") for r in got)
+        ceiling, with_serial = B * T / gemm_s, B * T / (gemm_s + serial_s)
         print(f"{f'{C}, {L}, {NH} ({C // NH}), {T}, {B}':26s} {flops / 1e9:10.1f} "
-              f"{ceiling:9.0f} {ours:7.0f} {ours / ceiling:11.0%} {torch_:8.0f} "
-              f"{ours / torch_:11.2f}x {ceiling / torch_:8.2f}x", flush=True)
+              f"{ceiling:8.0f} {ours:6.0f} {ours / ceiling:10.0%} {torch_:8.0f} "
+              f"{ours / torch_:11.2f}x {ceiling / torch_:8.2f}x {1e3 * serial_s:12.1f} "
+              f"{with_serial / torch_:16.2f}x", flush=True)
 
 
 if __name__ == "__main__":
