@@ -53,6 +53,16 @@ def batch(cfg, B, T, seed=0):
             rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32))
 
 
+@pytest.mark.parametrize("shape, dtype", [((7,), np.uint16), ((3, 5), np.float32),
+                                          ((1000, 33), np.uint32)])
+def test_zeros_are_zeros_on_a_page_boundary(shape, dtype):
+    from crystalline.model.layout import zeros
+    a = zeros(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    assert a.ctypes.data % 4096 == 0 and not a.any()
+    assert zeros(shape, dtype, align=64).ctypes.data % 64 == 0
+
+
 def test_layout_and_init():
     model = GPT(TINY, seed=0)
     names = [n for n, _, _ in model.layout]

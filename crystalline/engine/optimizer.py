@@ -27,6 +27,7 @@ import numpy as np
 from crystalline.config import TrainConfig
 from crystalline.model.kernels.adamw import adamw_step, adamw_step_is_finite, step_constants
 from crystalline.model.kernels.clip import grad_norm
+from crystalline.model.layout import zeros
 
 ADAM_EPS = 1e-8
 SLACK = 1.0 + 2.0 ** -20    # covers the rounding of a few float32 operations and of the norm
@@ -51,8 +52,8 @@ class AdamW:
     def __init__(self, model, cfg: TrainConfig):
         self.model = model
         self.cfg = cfg
-        self._m = np.zeros_like(model.params)
-        self._v = np.zeros_like(model.params)
+        self._m = zeros(model.params.size)
+        self._v = zeros(model.params.size)
         self._bounds = None     # upper bounds of |m| and v; None: read them from the arrays
         self.t = 0
 

@@ -37,6 +37,7 @@ from crystalline.engine.balance import SharedChunks, live_rows, slow_down
 from crystalline.engine.reduce import reduce_rows, reduction_plan, split_by_group
 from crystalline.engine.stats import FIELD, PHASES
 from crystalline.model.dropout import DropoutKey
+from crystalline.model.layout import zeros
 
 SYNC_MODES = ("lock_free", "model_lock")
 THREAD_STACK_BYTES = 1 << 20
@@ -82,7 +83,7 @@ class SphereTree:
                      for cid, (target, sources) in self.plan.items()}
         # Each step's backward overwrites its worker's row; the layout's padding floats stay 0.
         # Rows of idle workers are never touched, so np.zeros costs them no memory.
-        self.grads = np.zeros((n_workers, model.num_parameters), dtype=np.float32)
+        self.grads = zeros((n_workers, model.num_parameters))
         self.loss_sums = np.zeros(n_workers, dtype=np.float64)   # worker w writes entry w only
         if balance == "dynamic":
             self._init_dynamic(first, count)

@@ -40,7 +40,7 @@ from crystalline.model.kernels.layernorm import layernorm_backward, layernorm_fo
 from crystalline.model.kernels.matmul import matmul_backward, matmul_forward
 from crystalline.model.kernels.residual import residual_forward
 from crystalline.model.layout import (DECAYED, activation_shapes, make_layout, parameter_shapes,
-                                      views)
+                                      views, zeros)
 from crystalline.model.precision import (Bf16Matmuls, Bf16Scratch, Bf16Weights, check_precision,
                                          gemm_provider)
 
@@ -59,7 +59,7 @@ class Workspace:
     def __init__(self, cfg, max_batch: int, seq_len: int):
         self.max_batch, self.seq_len = max_batch, seq_len
         self.layout, size = make_layout(activation_shapes(cfg, max_batch, seq_len))
-        self.buffer = np.zeros(size, np.float32)
+        self.buffer = zeros(size)
         self.a = views(self.buffer, self.layout)
         self.nbytes = self.buffer.nbytes
         self._shaped = {}          # (B, T) -> dict of views for that batch shape
@@ -88,8 +88,8 @@ class GPT:
         self.precision = check_precision(precision)   # "bf16": see crystalline.model.precision
         self.layout, size = make_layout(parameter_shapes(cfg))
         self.num_parameters = sum(int(np.prod(shape)) for _, shape, _ in self.layout)
-        self.params = np.zeros(size, np.float32)
-        self.decay_mask = np.zeros(size, np.float32)
+        self.params = zeros(size)
+        self.decay_mask = zeros(size)
         self._init_weights(seed)
         masks = self.param_views(self.decay_mask)
         for name in DECAYED:
@@ -333,7 +333,7 @@ class GPT:
         if self._ws is None or self._ws.state is None:
             raise ConfigError("no forward has run yet: call model.forward(idx, targets) first")
         _, _, _, B, T = self._ws.state
-        grads = np.zeros_like(self.params)
+        grads = zeros(self.params.size)
         self.backward_into(self._ws, grads, 1.0 / (B * T))
         return grads
 

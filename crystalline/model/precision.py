@@ -35,6 +35,7 @@ from crystalline.model.kernels import mkl_bf16
 from crystalline.model.kernels.bf16 import MR, NR, pack_panels, round_bf16
 from crystalline.model.kernels.matmul_bf16 import (matmul_backward_bf16, matmul_backward_mkl,
                                                    matmul_forward_bf16, matmul_forward_mkl)
+from crystalline.model.layout import zeros
 
 FEATURE = "avx512_bf16"                 # /proc/cpuinfo's name; LLVM calls it avx512bf16
 HIDE_ENV = "CRYSTALLINE_HIDE_AVX512_BF16"
@@ -101,7 +102,7 @@ class Bf16Weights:
     def __init__(self, model, provider: str):
         self.model, self.provider = model, provider
         if provider == "mkl":
-            self.buffer = np.zeros(model.params.size, np.uint16)
+            self.buffer = zeros(model.params.size, np.uint16)
             self.nbytes = self.buffer.nbytes
             self.refresh(model.params)
             return
@@ -118,7 +119,7 @@ class Bf16Weights:
                 self._slots[offset] = (slice(size, size + fwd), slice(size + fwd, size + fwd + bwd))
                 self._matrices.append((offset, OC, C))
                 size += fwd + bwd
-        self.buffer = np.zeros(size, np.uint32)
+        self.buffer = zeros(size, np.uint32)
         self.nbytes = self.buffer.nbytes
         self.refresh(model.params)
 
@@ -151,13 +152,13 @@ class Bf16Scratch:
         N, C, V = max_batch * seq_len, cfg.n_embd, cfg.vocab_size
         outs = (3 * C, C, 4 * C, V)
         if provider == "mkl":             # the layer input and the output gradient in bf16
-            self.x16 = np.zeros(N * 4 * C, np.uint16)
-            self.dy16 = np.zeros(N * max(outs), np.uint16)
+            self.x16 = zeros(N * 4 * C, np.uint16)
+            self.dy16 = zeros(N * max(outs), np.uint16)
             self.nbytes = self.x16.nbytes + self.dy16.nbytes
             return
         a = max([_rows_words(N, K) for K in (C, 4 * C) + outs] + [_rows_words(OC, N) for OC in outs])
-        self.a = np.zeros(a, np.uint32)
-        self.b = np.zeros(max(_packed_words(N, IC) for IC in (C, 4 * C)), np.uint32)
+        self.a = zeros(a, np.uint32)
+        self.b = zeros(max(_packed_words(N, IC) for IC in (C, 4 * C)), np.uint32)
         self.tile = np.zeros(MR * NR, np.float32)
         self.nbytes = self.a.nbytes + self.b.nbytes + self.tile.nbytes
 
