@@ -16,7 +16,6 @@ import sys
 import time
 
 import numpy as np
-from numba import njit
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -34,29 +33,25 @@ SHIFTS = {"aligned": (0, 0, 0), "A off": (1, 0, 0), "B off": (0, 1, 0), "C off":
           "all off": (1, 1, 1)}
 
 
-@njit(nogil=True)
-def bf16_products(reps, ta, tb, M, Nn, K, a, ao, lda, b, bo, ldb, c, co, beta):
-    for _ in range(reps):
-        mkl_bf16.gemm16(ta, tb, M, Nn, K, a, ao, lda, b, bo, ldb, beta, c, co, Nn)
+def bf16_product(ta, tb, M, Nn, K, a, ao, lda, b, bo, ldb, c, co, beta):
+    mkl_bf16.gemm16(ta, tb, M, Nn, K, a, ao, lda, b, bo, ldb, beta, c, co, Nn)
 
 
-@njit(nogil=True)
-def fp32_products(reps, ta, tb, M, Nn, K, a, ao, lda, b, bo, ldb, c, co, beta):
-    for _ in range(reps):
-        blas.gemm(ta, tb, M, Nn, K, 1.0, a, ao, lda, b, bo, ldb, beta, c, co, Nn)
+def fp32_product(ta, tb, M, Nn, K, a, ao, lda, b, bo, ldb, c, co, beta):
+    blas.gemm(ta, tb, M, Nn, K, 1.0, a, ao, lda, b, bo, ldb, beta, c, co, Nn)
 
 
-def median_us(products, operands, shape, shift, repeat):
+def median_us(product, operands, shape, shift, repeat):
     ta, tb, M, Nn, K, lda, ldb, beta = shape
     a, b, c = operands
     step = 16 // a.itemsize, 16 // b.itemsize, 16 // c.itemsize
     ao, bo, co = (s * e for s, e in zip(shift, step))
     args = (ta, tb, M, Nn, K, a, ao, lda, b, bo, ldb, c, co, beta)
-    products(1, *args)
+    product(*args)
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        products(1, *args)
+        product(*args)
         times.append(time.perf_counter() - t)
     return 1e6 * statistics.median(times)
 
@@ -67,11 +62,11 @@ def main():
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     size = 4 * C * N + 64
-    kinds = {"fp32 (" + blas.PROVIDER.split(" (")[0] + ")": (fp32_products, np.float32)}
+    kinds = {"fp32 (" + blas.PROVIDER.split(" (")[0] + ")": (fp32_product, np.float32)}
     if mkl_bf16.PATH is not None:
-        kinds["bf16 (MKL)"] = (bf16_products, np.uint16)
+        kinds["bf16 (MKL)"] = (bf16_product, np.uint16)
     with threadpool_limits(1):
-        for kind, (products, dtype) in kinds.items():
+        for kind, (product, dtype) in kinds.items():
             a, b = zeros(size, dtype), zeros(size, dtype)
             if dtype == np.uint16:              # bf16 bits of values in [-2, 2]
                 a[:], b[:] = (rng.integers(0x3F00, 0x4000, size) | (rng.integers(0, 2, size) << 15)
@@ -82,7 +77,7 @@ def main():
             print(f"{kind}: median microseconds, {args.repeat} calls each")
             print(f"  {'product':10s}" + "".join(f"{name:>10s}" for name in SHIFTS))
             for name, shape in SHAPES.items():
-                cells = [median_us(products, (a, b, c), shape, shift, args.repeat)
+                cells = [median_us(product, (a, b, c), shape, shift, args.repeat)
                          for shift in SHIFTS.values()]
                 print(f"  {name:10s}" + "".join(f"{x:10.0f}" for x in cells))
 

@@ -79,11 +79,10 @@ class _Gelu:
         return b.fadd(b.fmul(c(HALF), b.fadd(c(ONE), th)), self.mul(c(HALF), x, dth))
 
 
-def _loop(context, builder, sig, args, body):
+def _loop(g, context, builder, sig, args, body):
     """for v in range(nvec): body(v), nvec the last argument."""
-    V = Vectors(context, builder)
     nvec = context.cast(builder, args[-1], sig.args[-1], types.intp)
-    V.loop(ir.Constant(V.intp, 0), nvec, body)
+    g.V.loop(ir.Constant(g.V.intp, 0), nvec, body)
     return context.get_dummy_value()
 
 
@@ -100,7 +99,7 @@ def gelu_vec(typingctx, out, o_off, inp, i_off, nvec):
         def body(v):
             xv = g.V.load(x, v)
             g.V.store(g.gelu(xv, g.th(xv)), o, v)
-        return _loop(context, builder, sig, args, body)
+        return _loop(g, context, builder, sig, args, body)
     return sig, codegen
 
 
@@ -119,5 +118,5 @@ def gelu_and_grad_vec(typingctx, out, o_off, grad, g_off, inp, i_off, nvec):
             th = g.th(xv)
             g.V.store(g.gelu(xv, th), o, v)
             g.V.store(g.grad(xv, th), d, v)
-        return _loop(context, builder, sig, args, body)
+        return _loop(g, context, builder, sig, args, body)
     return sig, codegen
